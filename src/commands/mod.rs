@@ -1,0 +1,2 @@
+//! The subcommands, each a thin shell over the library.
+pub mod run;

@@ -1,0 +1,187 @@
+//! The address plan and resource limits, validated once at start.
+//!
+//! The plan follows slirp4netns: inside a CIDR (default 10.0.2.0/24) the gateway is network+2,
+//! the DNS forwarder network+3 and the guest network+100. The gateway stands for the host's
+//! loopback unless host loopback is disabled. Everything here is plain data; nothing touches
+//! the system.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// A user-supplied `--cidr` that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--cidr {0:?} is not of the form A.B.C.D/N")]
+    CidrSyntax(String),
+    #[error("--cidr {0:?}: prefix length must be between 1 and 25, so that network+100 is inside")]
+    CidrPrefix(String),
+    #[error("--cidr {0:?} is not a network address (like 10.0.2.0/24, not 10.0.2.100/24)")]
+    CidrNotNetwork(String),
+    #[error("--mtu {0} is out of range: it must be between 1280 and 65520")]
+    Mtu(u32),
+}
+
+/// The guest-visible IPv4 addresses and how the gateway maps to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressPlan {
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The virtual router; also the host's loopback when `host_loopback` is true.
+    pub gateway: Ipv4Addr,
+    /// The DNS forwarder.
+    pub dns: Ipv4Addr,
+    /// The address the guest is configured with.
+    pub guest: Ipv4Addr,
+    /// Whether the gateway address (and only it) reaches the host's 127.0.0.1.
+    pub host_loopback: bool,
+}
+
+impl Default for AddressPlan {
+    fn default() -> Self {
+        Self::from_cidr("10.0.2.0/24", true).expect("the default CIDR is valid")
+    }
+}
+
+impl AddressPlan {
+    /// Parses `A.B.C.D/N` (slirp4netns rules: prefix 1..=25, a network address).
+    pub fn from_cidr(cidr: &str, host_loopback: bool) -> Result<Self, ConfigError> {
+        let syntax = || ConfigError::CidrSyntax(cidr.to_string());
+        let (addr, len) = cidr.split_once('/').ok_or_else(syntax)?;
+        let network: Ipv4Addr = addr.parse().map_err(|_| syntax())?;
+        if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(syntax());
+        }
+        let prefix_len: u8 = len.parse().map_err(|_| syntax())?;
+        if !(1..=25).contains(&prefix_len) {
+            return Err(ConfigError::CidrPrefix(cidr.to_string()));
+        }
+        let mask = prefix_mask(prefix_len);
+        let base = u32::from(network);
+        if base & !mask != 0 {
+            return Err(ConfigError::CidrNotNetwork(cidr.to_string()));
+        }
+        Ok(AddressPlan {
+            network,
+            prefix_len,
+            gateway: Ipv4Addr::from(base + 2),
+            dns: Ipv4Addr::from(base + 3),
+            guest: Ipv4Addr::from(base + 100),
+            host_loopback,
+        })
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(prefix_mask(self.prefix_len))
+    }
+
+    /// Whether `ip` lies inside the guest's subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = prefix_mask(self.prefix_len);
+        u32::from(ip) & mask == u32::from(self.network)
+    }
+
+    /// The MAC address tapir answers with for a virtual host inside the subnet (slirp4netns's
+    /// `52:55:` followed by the IPv4 address).
+    pub fn virtual_mac(ip: Ipv4Addr) -> [u8; 6] {
+        let o = ip.octets();
+        [0x52, 0x55, o[0], o[1], o[2], o[3]]
+    }
+}
+
+fn prefix_mask(prefix_len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)
+}
+
+/// Validates an MTU for the guest's TAP.
+pub fn check_mtu(mtu: u32) -> Result<u32, ConfigError> {
+    if (1280..=65520).contains(&mtu) {
+        Ok(mtu)
+    } else {
+        Err(ConfigError::Mtu(mtu))
+    }
+}
+
+/// Bounds on what one guest can make tapir hold. Every limit hit is counted in `stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open TCP flows, any state.
+    pub max_tcp_flows: usize,
+    /// TCP flows still waiting for their host connect (half-open).
+    pub max_tcp_pending: usize,
+    /// Bytes of each direction's buffer of a TCP flow (also its advertised window).
+    pub tcp_buffer: usize,
+    /// Open UDP flows (guest 4-tuples with a host socket).
+    pub max_udp_flows: usize,
+    /// A UDP flow without traffic for this long is closed.
+    pub udp_idle: Duration,
+    /// Open ICMP echo flows.
+    pub max_icmp_flows: usize,
+    /// An ICMP echo flow without traffic for this long is closed.
+    pub icmp_idle: Duration,
+    /// Frames queued towards the guest before further ones are dropped.
+    pub max_tx_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tcp_flows: 16384,
+            max_tcp_pending: 1024,
+            tcp_buffer: 256 * 1024,
+            max_udp_flows: 4096,
+            udp_idle: Duration::from_secs(60),
+            max_icmp_flows: 256,
+            icmp_idle: Duration::from_secs(10),
+            max_tx_frames: 1024,
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn default_plan_matches_slirp4netns() {
+        let p = AddressPlan::default();
+        assert_eq!(p.gateway, Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!(p.dns, Ipv4Addr::new(10, 0, 2, 3));
+        assert_eq!(p.guest, Ipv4Addr::new(10, 0, 2, 100));
+        assert_eq!(p.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert!(p.contains(Ipv4Addr::new(10, 0, 2, 200)));
+        assert!(!p.contains(Ipv4Addr::new(10, 0, 3, 1)));
+    }
+
+    #[test]
+    fn other_cidr() {
+        let p = AddressPlan::from_cidr("192.168.128.0/17", false).unwrap();
+        assert_eq!(p.gateway, Ipv4Addr::new(192, 168, 128, 2));
+        assert_eq!(p.guest, Ipv4Addr::new(192, 168, 128, 100));
+        assert!(!p.host_loopback);
+    }
+
+    #[test]
+    fn bad_cidrs_name_the_value() {
+        let e = AddressPlan::from_cidr("10.0.2.100/24", true).unwrap_err();
+        assert_eq!(e, ConfigError::CidrNotNetwork("10.0.2.100/24".into()));
+        assert!(e.to_string().contains("10.0.2.100/24"));
+        assert!(matches!(AddressPlan::from_cidr("10.0.2.0/26", true), Err(ConfigError::CidrPrefix(_))));
+        assert!(matches!(AddressPlan::from_cidr("10.0.2.0/0", true), Err(ConfigError::CidrPrefix(_))));
+        for bad in ["10.0.2.0", "10.0.2/24", "10.0.2.0/x", "10.0.2.0/", "300.0.0.0/8", "10.0.2.0/024"] {
+            assert!(matches!(AddressPlan::from_cidr(bad, true), Err(ConfigError::CidrSyntax(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn virtual_mac_embeds_the_address() {
+        assert_eq!(AddressPlan::virtual_mac(Ipv4Addr::new(10, 0, 2, 2)), [0x52, 0x55, 10, 0, 2, 2]);
+    }
+
+    #[test]
+    fn mtu_range() {
+        assert_eq!(check_mtu(1500), Ok(1500));
+        assert_eq!(check_mtu(65520), Ok(65520));
+        assert_eq!(check_mtu(65521), Err(ConfigError::Mtu(65521)));
+        assert_eq!(check_mtu(500), Err(ConfigError::Mtu(500)));
+    }
+}

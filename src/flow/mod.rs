@@ -1,0 +1,5 @@
+//! (being written)
+pub mod addr;
+pub mod icmp;
+pub mod tcp;
+pub mod udp;

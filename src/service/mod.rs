@@ -1,0 +1,2 @@
+//! Virtual services the guest talks to: the DNS forwarder.
+pub mod dns;
