@@ -1,3 +1,4 @@
 //! (being written)
 pub mod device;
+pub mod frame;
 pub mod pcap;
