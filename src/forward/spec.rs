@@ -79,7 +79,7 @@ impl FromStr for PortForward {
 
         let (ip, ports) = split_host_ip(spec, addr_ports)?;
         let (host_port, guest_port) = ports.split_once(':').ok_or_else(syntax)?;
-        // A third colon here means an unbracketed IPv6 address or a stray field.
+        // After a bracketed IP the remainder may still hold a stray field: `[::1]:1:2:3`.
         if host_port.is_empty() || guest_port.is_empty() || guest_port.contains(':') {
             return Err(syntax());
         }
@@ -262,7 +262,15 @@ mod test {
 
     #[test]
     fn rejects_malformed_values() {
-        for bad in ["", ":", "8080:", ":80", "/tcp", "1.2.3.4:5:6:7"] {
+        for bad in [
+            "",
+            ":",
+            "8080:",
+            ":80",
+            "/tcp",
+            "1.2.3.4:5:6:7",
+            "[::1]:1:2:3",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(matches!(parse("0:80"), Err(SpecError::HostPort { .. })));
