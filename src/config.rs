@@ -89,7 +89,9 @@ impl AddressPlan {
 }
 
 fn prefix_mask(prefix_len: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0)
 }
 
 /// Validates an MTU for the guest's TAP.
@@ -165,16 +167,38 @@ mod test {
         let e = AddressPlan::from_cidr("10.0.2.100/24", true).unwrap_err();
         assert_eq!(e, ConfigError::CidrNotNetwork("10.0.2.100/24".into()));
         assert!(e.to_string().contains("10.0.2.100/24"));
-        assert!(matches!(AddressPlan::from_cidr("10.0.2.0/26", true), Err(ConfigError::CidrPrefix(_))));
-        assert!(matches!(AddressPlan::from_cidr("10.0.2.0/0", true), Err(ConfigError::CidrPrefix(_))));
-        for bad in ["10.0.2.0", "10.0.2/24", "10.0.2.0/x", "10.0.2.0/", "300.0.0.0/8", "10.0.2.0/024"] {
-            assert!(matches!(AddressPlan::from_cidr(bad, true), Err(ConfigError::CidrSyntax(_))), "{bad}");
+        assert!(matches!(
+            AddressPlan::from_cidr("10.0.2.0/26", true),
+            Err(ConfigError::CidrPrefix(_))
+        ));
+        assert!(matches!(
+            AddressPlan::from_cidr("10.0.2.0/0", true),
+            Err(ConfigError::CidrPrefix(_))
+        ));
+        for bad in [
+            "10.0.2.0",
+            "10.0.2/24",
+            "10.0.2.0/x",
+            "10.0.2.0/",
+            "300.0.0.0/8",
+            "10.0.2.0/024",
+        ] {
+            assert!(
+                matches!(
+                    AddressPlan::from_cidr(bad, true),
+                    Err(ConfigError::CidrSyntax(_))
+                ),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn virtual_mac_embeds_the_address() {
-        assert_eq!(AddressPlan::virtual_mac(Ipv4Addr::new(10, 0, 2, 2)), [0x52, 0x55, 10, 0, 2, 2]);
+        assert_eq!(
+            AddressPlan::virtual_mac(Ipv4Addr::new(10, 0, 2, 2)),
+            [0x52, 0x55, 10, 0, 2, 2]
+        );
     }
 
     #[test]

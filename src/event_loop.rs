@@ -1,1 +1,1194 @@
-//! (being written)
+//! The one place that knows about file descriptors and readiness.
+//!
+//! A single mio `Poll` (edge-triggered) watches the TAP, a signalfd (the guest command's exit
+//! and termination signals), the DNS forwarder's upstream socket, port-forward listeners and
+//! every flow's host socket. Each wake-up runs in three phases:
+//!
+//! 1. events: TAP frames are read until `EAGAIN` and classified; a TCP segment is fed to its
+//!    flow's own smoltcp `SocketSet` (`poll_ingress_single`) and the flow is marked dirty;
+//!    host sockets set their flow's readiness flags and mark it dirty;
+//! 2. dirty flows are pumped once (host bytes ⇄ smoltcp rings) and their segments emitted;
+//!    expired smoltcp timers are serviced from a heap keyed by each flow's `poll_at`;
+//! 3. the frame queue is written to the TAP until it is empty or the TAP would block.
+//!
+//! Nothing here scans every flow per packet: lookups are hash maps keyed by 4-tuple, timers a
+//! heap, and idle UDP/ICMP flows are swept once a second.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, ErrorKind};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use slab::Slab;
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
+use smoltcp::phy::DeviceCapabilities;
+use smoltcp::socket::tcp;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, HardwareAddress, Icmpv4DstUnreachable, IpAddress, IpCidr,
+    IpListenEndpoint,
+};
+
+use crate::config::{AddressPlan, Limits};
+use crate::flow::addr::{AddressMap, Route};
+use crate::flow::icmp::{self, EchoFlow, EchoKey};
+use crate::flow::tcp::{HostSide, Verdict, new_socket, pump, single_set};
+use crate::flow::udp::{self, UdpFlow, UdpKind};
+use crate::forward::spec::{PortForward, Proto};
+use crate::service::dns::DnsRelay;
+use crate::stack::device::{self, Device, MAX_FRAME, TxQueue, VNET_HDR_LEN};
+use crate::stack::frame::{self, FlowKey, GuestFrame, Link};
+use crate::stack::pcap::PcapSink;
+use crate::stats::{DropReason, Stats};
+
+/// Errors that stop the network before or while it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("cannot set up the event loop: {0}")]
+    Poll(#[source] io::Error),
+    #[error("cannot listen on {addr} for -p {spec}: {source}")]
+    Listen {
+        spec: String,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the DNS forwarder's socket: {0}")]
+    DnsSocket(#[source] io::Error),
+    #[error("reading the TAP device failed: {0}")]
+    Tap(#[source] io::Error),
+    #[error("cannot write the capture: {0}")]
+    Pcap(String),
+}
+
+/// Everything the network needs to know, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub plan: AddressPlan,
+    pub mtu: u32,
+    pub limits: Limits,
+    pub forwards: Vec<PortForward>,
+    pub vnet_hdr: bool,
+    /// The host's resolvers (from its resolv.conf), for the DNS forwarder.
+    pub nameservers: Vec<IpAddr>,
+    /// The host's own interface addresses (refused when host loopback is disabled).
+    pub host_addrs: Vec<IpAddr>,
+    pub pcap: Option<PathBuf>,
+}
+
+const TAP: Token = Token(0);
+const SIGNAL: Token = Token(1);
+const DNS: Token = Token(2);
+const KIND_SHIFT: u32 = 32;
+const KIND_TCP: usize = 1;
+const KIND_UDP: usize = 2;
+const KIND_ICMP: usize = 3;
+const KIND_LISTENER: usize = 4;
+
+fn token(kind: usize, index: usize) -> Token {
+    Token((kind << KIND_SHIFT) | index)
+}
+
+fn untoken(t: Token) -> (usize, usize) {
+    (t.0 >> KIND_SHIFT, t.0 & ((1 << KIND_SHIFT) - 1))
+}
+
+/// A guest TCP connection and its host stream.
+struct TcpConn {
+    key: FlowKey,
+    set: SocketSet<'static>,
+    handle: smoltcp::iface::SocketHandle,
+    host: mio::net::TcpStream,
+    side: HostSide,
+    /// The host `connect()` has not finished; the guest's SYN-ACK is held back.
+    connecting: bool,
+    dirty: bool,
+    /// The earliest smoltcp deadline queued in the timer heap for this flow.
+    timer: Option<smoltcp::time::Instant>,
+}
+
+enum Listener {
+    Tcp(mio::net::TcpListener, PortForward),
+    Udp(mio::net::UdpSocket, PortForward),
+}
+
+/// The rootless network: one smoltcp interface, the flows, and the virtual services.
+pub struct Network {
+    registry: Registry,
+    start: Instant,
+    iface: Interface,
+    caps: DeviceCapabilities,
+    pub tx: TxQueue,
+    map: AddressMap,
+    limits: Limits,
+    ours: EthernetAddress,
+    guest_mac: Option<EthernetAddress>,
+    tcp: Slab<TcpConn>,
+    tcp_index: HashMap<FlowKey, usize>,
+    tcp_pending: usize,
+    dirty: Vec<usize>,
+    starved: Vec<usize>,
+    timers: BinaryHeap<Reverse<(smoltcp::time::Instant, usize)>>,
+    udp: Slab<UdpFlow>,
+    udp_index: HashMap<FlowKey, usize>,
+    icmp: Slab<EchoFlow>,
+    icmp_index: HashMap<EchoKey, usize>,
+    listeners: Vec<Listener>,
+    dns: DnsRelay,
+    dns_socket: mio::net::UdpSocket,
+    next_sweep: Instant,
+    /// Source ports for forwarded connections whose client port is taken.
+    next_port: u16,
+    pcap: Option<PcapSink>,
+    scratch: Vec<u8>,
+    buf: Vec<u8>,
+    pub stats: Stats,
+}
+
+impl Network {
+    pub fn new(
+        config: &NetworkConfig,
+        registry: Registry,
+        now: Instant,
+    ) -> Result<Network, LoopError> {
+        let plan = config.plan;
+        let caps = device::capabilities(config.mtu as usize, config.vnet_hdr);
+        let mut tx = TxQueue::new(config.limits.max_tx_frames, config.vnet_hdr);
+        let ours = EthernetAddress(AddressPlan::virtual_mac(plan.gateway));
+        let mut iface_config = Config::new(HardwareAddress::Ethernet(ours));
+        iface_config.random_seed = seed();
+        let mut iface = Interface::new(
+            iface_config,
+            &mut Device::new(None, &mut tx, &caps),
+            smoltcp::time::Instant::from_micros(0),
+        );
+        iface.set_any_ip(true);
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(plan.gateway), plan.prefix_len));
+        });
+
+        let mut listeners = Vec::new();
+        for (i, fwd) in config.forwards.iter().enumerate() {
+            let listen_err = |source| LoopError::Listen {
+                spec: fwd.to_string(),
+                addr: fwd.host,
+                source,
+            };
+            let mut listener = match fwd.proto {
+                Proto::Tcp => Listener::Tcp(
+                    mio::net::TcpListener::bind(fwd.host).map_err(listen_err)?,
+                    *fwd,
+                ),
+                Proto::Udp => Listener::Udp(
+                    mio::net::UdpSocket::bind(fwd.host).map_err(listen_err)?,
+                    *fwd,
+                ),
+            };
+            let t = token(KIND_LISTENER, i);
+            match &mut listener {
+                Listener::Tcp(l, _) => registry.register(l, t, Interest::READABLE),
+                Listener::Udp(s, _) => registry.register(s, t, Interest::READABLE),
+            }
+            .map_err(LoopError::Poll)?;
+            listeners.push(listener);
+        }
+
+        let upstreams = config
+            .nameservers
+            .iter()
+            .filter(|ip| ip.is_ipv4())
+            .map(|ip| SocketAddr::new(*ip, 53))
+            .collect();
+        let dns = DnsRelay::new(upstreams, 256, Duration::from_secs(2));
+        let mut dns_socket = mio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0).into())
+            .map_err(LoopError::DnsSocket)?;
+        registry
+            .register(&mut dns_socket, DNS, Interest::READABLE)
+            .map_err(LoopError::Poll)?;
+
+        let pcap = match &config.pcap {
+            Some(path) => Some(PcapSink::create(path).map_err(|e| LoopError::Pcap(e.to_string()))?),
+            None => None,
+        };
+
+        Ok(Network {
+            registry,
+            start: now,
+            iface,
+            caps,
+            tx,
+            map: AddressMap::new(plan, config.host_addrs.clone(), &config.nameservers),
+            limits: config.limits,
+            ours,
+            guest_mac: None,
+            tcp: Slab::new(),
+            tcp_index: HashMap::new(),
+            tcp_pending: 0,
+            dirty: Vec::new(),
+            starved: Vec::new(),
+            timers: BinaryHeap::new(),
+            udp: Slab::new(),
+            udp_index: HashMap::new(),
+            icmp: Slab::new(),
+            icmp_index: HashMap::new(),
+            listeners,
+            dns,
+            dns_socket,
+            next_sweep: now + Duration::from_secs(1),
+            next_port: 49152,
+            pcap,
+            scratch: Vec::with_capacity(2048),
+            buf: vec![0; 65536],
+            stats: Stats::default(),
+        })
+    }
+
+    fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(
+            now.saturating_duration_since(self.start).as_micros() as i64
+        )
+    }
+
+    fn plan(&self) -> AddressPlan {
+        *self.map.plan()
+    }
+
+    fn link(&self) -> Option<Link> {
+        self.guest_mac.map(|guest| Link {
+            ours: self.ours,
+            guest,
+        })
+    }
+
+    /// Records a frame in the capture, if any.
+    pub fn capture(&mut self, frame: &[u8]) {
+        if let Some(pcap) = &mut self.pcap {
+            let ts = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            pcap.write(ts, frame);
+        }
+    }
+
+    pub fn flush_capture(&mut self) {
+        if let Some(pcap) = &mut self.pcap {
+            pcap.flush();
+        }
+    }
+
+    /// Queues a frame tapir built (in `self.scratch`) towards the guest.
+    fn send_scratch(&mut self) {
+        if !self.tx.push_frame(&self.scratch) {
+            self.stats.drop(DropReason::TxQueueFull);
+        }
+    }
+
+    /// One Ethernet frame from the guest (vnet header already removed).
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) {
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += frame.len() as u64;
+        self.capture(frame);
+        if let Ok(eth) = EthernetFrame::new_checked(frame)
+            && eth.src_addr().is_unicast()
+            && eth.src_addr() != self.ours
+        {
+            self.guest_mac = Some(eth.src_addr());
+        }
+        let plan = self.plan();
+        match frame::classify(frame, &plan).1 {
+            GuestFrame::Drop(reason) => self.stats.drop(reason),
+            GuestFrame::ArpToStack => self.arp(now, frame),
+            GuestFrame::Tcp { key, syn } => self.guest_tcp(now, frame, key, syn),
+            GuestFrame::Udp { key, payload } => self.guest_udp(now, frame, key, payload),
+            GuestFrame::EchoRequest {
+                src,
+                dst,
+                ident,
+                seq_no,
+                data,
+            } => self.guest_echo(now, frame, src, dst, ident, seq_no, data),
+        }
+    }
+
+    fn arp(&mut self, now: Instant, frame: &[u8]) {
+        let t = self.smol_now(now);
+        let mut empty = SocketSet::new(Vec::new());
+        let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
+        self.iface.poll_ingress_single(t, &mut dev, &mut empty);
+        // Connections towards the guest may wait for its MAC: let them go now.
+        for (id, conn) in self.tcp.iter_mut() {
+            if !conn.dirty
+                && conn.set.get::<tcp::Socket>(conn.handle).state() == tcp::State::SynSent
+            {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    fn guest_tcp(&mut self, now: Instant, frame: &[u8], key: FlowKey, syn: bool) {
+        let t = self.smol_now(now);
+        if let Some(&id) = self.tcp_index.get(&key) {
+            let conn = &mut self.tcp[id];
+            let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
+            self.iface.poll_ingress_single(t, &mut dev, &mut conn.set);
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
+            return;
+        }
+        if !syn {
+            // Not a connection we know: smoltcp answers with a RST from an empty set.
+            self.stats.drop(DropReason::NoFlow);
+            let mut empty = SocketSet::new(Vec::new());
+            let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
+            self.iface.poll_ingress_single(t, &mut dev, &mut empty);
+            return;
+        }
+        if self.tcp.len() >= self.limits.max_tcp_flows {
+            return self.stats.drop(DropReason::TcpFlowLimit);
+        }
+        if self.tcp_pending >= self.limits.max_tcp_pending {
+            return self.stats.drop(DropReason::TcpPendingLimit);
+        }
+        let host = match self.map.tcp(key.remote) {
+            Route::Host(addr) => connect_tcp(addr),
+            _ => Err(io::Error::from(ErrorKind::PermissionDenied)),
+        };
+        let mut host = match host {
+            Ok(host) => host,
+            Err(e) => {
+                log::debug!("tcp {} -> {}: refused ({e})", key.guest, key.remote);
+                self.stats.drop(DropReason::Refused);
+                return self.refuse_syn(t, frame, key);
+            }
+        };
+        let mut socket = new_socket(self.limits.tcp_buffer);
+        if socket.listen(listen_endpoint(key.remote)).is_err() {
+            return self.stats.drop(DropReason::Malformed);
+        }
+        socket.pause_synack(true);
+        let (set, handle) = single_set(socket);
+        let entry = self.tcp.vacant_entry();
+        let id = entry.key();
+        if self
+            .registry
+            .register(
+                &mut host,
+                token(KIND_TCP, id),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return self.stats.drop(DropReason::HostSocket);
+        }
+        let conn = entry.insert(TcpConn {
+            key,
+            set,
+            handle,
+            host,
+            side: HostSide::default(),
+            connecting: true,
+            dirty: false,
+            timer: None,
+        });
+        let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
+        self.iface.poll_ingress_single(t, &mut dev, &mut conn.set);
+        self.tcp_index.insert(key, id);
+        self.tcp_pending += 1;
+        self.stats.tcp_opened += 1;
+        log::debug!("tcp {} -> {}: connecting", key.guest, key.remote);
+    }
+
+    /// Answers a SYN with a RST: a throwaway socket takes the SYN and is aborted at once.
+    fn refuse_syn(&mut self, t: smoltcp::time::Instant, frame: &[u8], key: FlowKey) {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 1]),
+            tcp::SocketBuffer::new(vec![0; 1]),
+        );
+        if socket.listen(listen_endpoint(key.remote)).is_err() {
+            return;
+        }
+        let (mut set, handle) = single_set(socket);
+        let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
+        self.iface.poll_ingress_single(t, &mut dev, &mut set);
+        set.get_mut::<tcp::Socket>(handle).abort();
+        let mut dev = Device::new(None, &mut self.tx, &self.caps);
+        self.iface.poll_egress(t, &mut dev, &mut set);
+    }
+
+    fn guest_udp(&mut self, now: Instant, frame: &[u8], key: FlowKey, payload: &[u8]) {
+        if let Some(&id) = self.udp_index.get(&key) {
+            let flow = &mut self.udp[id];
+            flow.last_active = now;
+            let sent = match &flow.kind {
+                UdpKind::Outbound(socket) => socket.send(payload),
+                UdpKind::Inbound { listener, client } => match &self.listeners[*listener] {
+                    Listener::Udp(socket, _) => socket.send_to(payload, *client),
+                    Listener::Tcp(..) => Ok(0),
+                },
+            };
+            if let Err(e) = sent {
+                log::debug!("udp {} -> {}: {e}", key.guest, key.remote);
+            }
+            return;
+        }
+        let route = self.map.udp(key.remote);
+        match route {
+            Route::DnsRelay => self.dns_query(now, key, payload),
+            Route::Host(addr) => self.open_udp(now, key, addr, payload),
+            Route::Local | Route::Refuse => {
+                self.stats.drop(DropReason::Refused);
+                self.reject(frame, key.remote.ip());
+            }
+        }
+    }
+
+    fn open_udp(&mut self, now: Instant, key: FlowKey, addr: SocketAddr, payload: &[u8]) {
+        if self.udp.len() >= self.limits.max_udp_flows {
+            return self.stats.drop(DropReason::UdpFlowLimit);
+        }
+        let entry = self.udp.vacant_entry();
+        let id = entry.key();
+        let socket = udp::connect(addr).and_then(|mut s| {
+            self.registry
+                .register(&mut s, token(KIND_UDP, id), Interest::READABLE)
+                .map(|()| s)
+        });
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("udp {} -> {addr}: {e}", key.guest);
+                return self.stats.drop(DropReason::HostSocket);
+            }
+        };
+        if let Err(e) = socket.send(payload) {
+            log::debug!("udp {} -> {addr}: {e}", key.guest);
+        }
+        entry.insert(UdpFlow {
+            key,
+            kind: UdpKind::Outbound(socket),
+            last_active: now,
+        });
+        self.udp_index.insert(key, id);
+        self.stats.udp_opened += 1;
+    }
+
+    /// ICMP "administratively prohibited" back to the guest for a refused datagram or ping.
+    fn reject(&mut self, frame: &[u8], from: IpAddr) {
+        let (Some(link), IpAddr::V4(from)) = (self.link(), from) else {
+            return;
+        };
+        if frame::unreachable_v4(
+            &mut self.scratch,
+            link,
+            from,
+            Icmpv4DstUnreachable::CommProhibited,
+            &frame[14..],
+        ) {
+            self.send_scratch();
+        }
+    }
+
+    fn dns_query(&mut self, now: Instant, key: FlowKey, payload: &[u8]) {
+        match self.dns.handle_query(now, key.guest, payload) {
+            Some(q) => {
+                if let Err(e) = self.dns_socket.send_to(&q.bytes, q.upstream) {
+                    log::debug!("dns query to {}: {e}", q.upstream);
+                }
+            }
+            None => self.stats.drop(DropReason::Dns),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn guest_echo(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ident: u16,
+        seq_no: u16,
+        data: &[u8],
+    ) {
+        let route = self.map.icmp(dst);
+        let addr = match route {
+            Route::Local => {
+                if let Some(link) = self.link() {
+                    frame::echo_reply_v4(&mut self.scratch, link, dst, src, ident, seq_no, data);
+                    self.send_scratch();
+                }
+                return;
+            }
+            Route::Host(addr) => addr,
+            Route::Refuse | Route::DnsRelay => {
+                self.stats.drop(DropReason::Refused);
+                return self.reject(frame, dst.into());
+            }
+        };
+        let key = EchoKey { ident, dst };
+        let id = match self.icmp_index.get(&key) {
+            Some(&id) => id,
+            None => {
+                if self.icmp.len() >= self.limits.max_icmp_flows {
+                    return self.stats.drop(DropReason::IcmpFlowLimit);
+                }
+                let IpAddr::V4(dst4) = addr.ip() else { return };
+                let entry = self.icmp.vacant_entry();
+                let id = entry.key();
+                let socket = icmp::connect(dst4).and_then(|mut s| {
+                    self.registry
+                        .register(&mut s, token(KIND_ICMP, id), Interest::READABLE)
+                        .map(|()| s)
+                });
+                match socket {
+                    Ok(socket) => {
+                        entry.insert(EchoFlow {
+                            key,
+                            socket,
+                            last_active: now,
+                        });
+                    }
+                    Err(e) => {
+                        log::debug!("ping {dst}: cannot open a ping socket: {e}");
+                        return self.stats.drop(DropReason::HostSocket);
+                    }
+                }
+                self.icmp_index.insert(key, id);
+                self.stats.icmp_opened += 1;
+                id
+            }
+        };
+        let flow = &mut self.icmp[id];
+        flow.last_active = now;
+        icmp::echo_request(seq_no, data, &mut self.scratch);
+        if let Err(e) = flow.socket.send(&self.scratch) {
+            log::debug!("ping {dst}: {e}");
+        }
+    }
+
+    /// Readiness of a host-side socket.
+    pub fn handle_event(&mut self, now: Instant, t: Token, readable: bool, writable: bool) {
+        if t == DNS {
+            return self.dns_answers(now);
+        }
+        let (kind, index) = untoken(t);
+        match kind {
+            KIND_TCP => self.tcp_ready(index, readable, writable),
+            KIND_UDP => self.udp_ready(now, index),
+            KIND_ICMP => self.icmp_ready(now, index),
+            KIND_LISTENER => self.listener_ready(now, index),
+            _ => {}
+        }
+    }
+
+    fn tcp_ready(&mut self, id: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.tcp.get_mut(id) else {
+            return;
+        };
+        if conn.connecting && writable {
+            match conn.host.take_error() {
+                Ok(None) => match conn.host.peer_addr() {
+                    Ok(_) => {
+                        conn.connecting = false;
+                        self.tcp_pending -= 1;
+                        conn.set
+                            .get_mut::<tcp::Socket>(conn.handle)
+                            .pause_synack(false);
+                        log::debug!("tcp {} -> {}: connected", conn.key.guest, conn.key.remote);
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotConnected => {}
+                    Err(e) => self.connect_failed(id, e),
+                },
+                Ok(Some(e)) | Err(e) => self.connect_failed(id, e),
+            }
+        }
+        let Some(conn) = self.tcp.get_mut(id) else {
+            return;
+        };
+        conn.side.readable |= readable;
+        conn.side.writable |= writable;
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    fn connect_failed(&mut self, id: usize, e: io::Error) {
+        let conn = &mut self.tcp[id];
+        log::debug!("tcp {} -> {}: {e}", conn.key.guest, conn.key.remote);
+        conn.connecting = false;
+        self.tcp_pending -= 1;
+        // Abort: the guest's connection is refused with a RST, then the flow goes.
+        conn.set.get_mut::<tcp::Socket>(conn.handle).abort();
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Pumps and flushes every flow touched since the last call.
+    pub fn service_dirty(&mut self, now: Instant) {
+        while let Some(id) = self.dirty.pop() {
+            self.service(now, id);
+        }
+    }
+
+    fn service(&mut self, now: Instant, id: usize) {
+        let t = self.smol_now(now);
+        let Some(conn) = self.tcp.get_mut(id) else {
+            return;
+        };
+        conn.dirty = false;
+        let verdict = if conn.connecting {
+            Verdict::Open
+        } else {
+            let socket = conn.set.get_mut::<tcp::Socket>(conn.handle);
+            let v = pump(socket, &mut conn.host, &mut conn.side);
+            // A connection the guest never accepted (aborted before ESTABLISHED) is over.
+            if v == Verdict::Open && socket.state() == tcp::State::Closed {
+                Verdict::Reset
+            } else {
+                v
+            }
+        };
+        let mut dev = Device::new(None, &mut self.tx, &self.caps);
+        while self.iface.poll_egress(t, &mut dev, &mut conn.set) != PollResult::None {}
+        if self.tx.is_full() {
+            self.starved.push(id);
+        }
+        match verdict {
+            Verdict::Open => self.schedule(t, id),
+            Verdict::Done => self.close_tcp(id, false),
+            Verdict::Reset => self.close_tcp(id, true),
+        }
+    }
+
+    fn schedule(&mut self, t: smoltcp::time::Instant, id: usize) {
+        let conn = &mut self.tcp[id];
+        let Some(at) = self.iface.poll_at(t, &conn.set) else {
+            return;
+        };
+        if conn.timer.is_none_or(|queued| at < queued) {
+            conn.timer = Some(at);
+            self.timers.push(Reverse((at, id)));
+        }
+    }
+
+    fn close_tcp(&mut self, id: usize, reset: bool) {
+        let conn = self.tcp.remove(id);
+        self.tcp_index.remove(&conn.key);
+        if conn.connecting {
+            self.tcp_pending -= 1;
+        }
+        let mut host = conn.host;
+        let _ = self.registry.deregister(&mut host);
+        if reset {
+            // Linger 0 makes close() send a RST: the host peer learns the guest reset.
+            let _ = socket2::SockRef::from(&host).set_linger(Some(Duration::ZERO));
+        }
+        self.stats.tcp_closed += 1;
+        log::debug!(
+            "tcp {} -> {}: closed{}",
+            conn.key.guest,
+            conn.key.remote,
+            if reset { " (reset)" } else { "" }
+        );
+    }
+
+    fn udp_ready(&mut self, now: Instant, id: usize) {
+        let Some(link) = self.link() else { return };
+        loop {
+            let Some(flow) = self.udp.get_mut(id) else {
+                return;
+            };
+            let UdpKind::Outbound(socket) = &flow.kind else {
+                return;
+            };
+            let n = match socket.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::debug!("udp {} -> {}: {e}", flow.key.guest, flow.key.remote);
+                    continue;
+                }
+            };
+            flow.last_active = now;
+            let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (flow.key.remote, flow.key.guest)
+            else {
+                return;
+            };
+            frame::udp_v4(&mut self.scratch, link, src, dst, &self.buf[..n]);
+            self.send_scratch();
+        }
+    }
+
+    fn icmp_ready(&mut self, now: Instant, id: usize) {
+        let Some(link) = self.link() else { return };
+        let guest = self.plan().guest;
+        loop {
+            let Some(flow) = self.icmp.get_mut(id) else {
+                return;
+            };
+            let n = match flow.socket.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => continue,
+            };
+            flow.last_active = now;
+            let key = flow.key;
+            let Some((seq_no, data)) = frame::parse_echo_reply(&self.buf[..n]) else {
+                continue;
+            };
+            frame::echo_reply_v4(
+                &mut self.scratch,
+                link,
+                key.dst,
+                guest,
+                key.ident,
+                seq_no,
+                data,
+            );
+            self.send_scratch();
+        }
+    }
+
+    fn dns_answers(&mut self, now: Instant) {
+        let Some(link) = self.link() else { return };
+        let dns = self.plan().dns;
+        loop {
+            let (n, from) = match self.dns_socket.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => continue,
+            };
+            let Some((client, answer)) = self.dns.handle_answer(now, from, &self.buf[..n]) else {
+                continue;
+            };
+            let SocketAddr::V4(client) = client else {
+                continue;
+            };
+            frame::udp_v4(
+                &mut self.scratch,
+                link,
+                SocketAddrV4::new(dns, 53),
+                client,
+                &answer,
+            );
+            self.send_scratch();
+        }
+    }
+
+    fn listener_ready(&mut self, now: Instant, index: usize) {
+        match self.listeners.get(index) {
+            Some(Listener::Tcp(..)) => self.accept_tcp(index),
+            Some(Listener::Udp(..)) => self.forward_udp(now, index),
+            None => {}
+        }
+    }
+
+    /// The address a host client appears from inside the guest: loopback clients come from
+    /// the gateway (as with slirp4netns), others keep their own address.
+    fn guest_visible(&self, client: SocketAddr) -> SocketAddr {
+        let ip = match client.ip() {
+            IpAddr::V4(v4) if !v4.is_loopback() => IpAddr::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) if !v4.is_loopback() => IpAddr::V4(v4),
+                _ => IpAddr::V4(self.plan().gateway),
+            },
+            _ => IpAddr::V4(self.plan().gateway),
+        };
+        SocketAddr::new(ip, client.port())
+    }
+
+    /// A guest-side key for a forwarded client, with another source port if that one is taken.
+    fn inbound_key(&mut self, guest_port: u16, client: SocketAddr, udp: bool) -> FlowKey {
+        let guest = SocketAddr::new(self.plan().guest.into(), guest_port);
+        let mut remote = self.guest_visible(client);
+        for _ in 0..16384 {
+            let key = FlowKey { guest, remote };
+            let taken = if udp {
+                self.udp_index.contains_key(&key)
+            } else {
+                self.tcp_index.contains_key(&key)
+            };
+            if !taken {
+                break;
+            }
+            remote.set_port(self.next_port);
+            self.next_port = if self.next_port == u16::MAX {
+                49152
+            } else {
+                self.next_port + 1
+            };
+        }
+        FlowKey { guest, remote }
+    }
+
+    fn accept_tcp(&mut self, index: usize) {
+        loop {
+            let Listener::Tcp(listener, fwd) = &self.listeners[index] else {
+                return;
+            };
+            let guest_port = fwd.guest_port;
+            let (mut host, client) = match listener.accept() {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept on {}: {e}", fwd.host);
+                    return;
+                }
+            };
+            if self.tcp.len() >= self.limits.max_tcp_flows {
+                self.stats.drop(DropReason::TcpFlowLimit);
+                continue;
+            }
+            let _ = host.set_nodelay(true);
+            let key = self.inbound_key(guest_port, client, false);
+            let mut socket = new_socket(self.limits.tcp_buffer);
+            let local = (IpAddress::from(key.remote.ip()), key.remote.port());
+            let remote = (IpAddress::from(key.guest.ip()), key.guest.port());
+            if socket.connect(self.iface.context(), remote, local).is_err() {
+                continue;
+            }
+            let (set, handle) = single_set(socket);
+            let entry = self.tcp.vacant_entry();
+            let id = entry.key();
+            if self
+                .registry
+                .register(
+                    &mut host,
+                    token(KIND_TCP, id),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            entry.insert(TcpConn {
+                key,
+                set,
+                handle,
+                host,
+                side: HostSide {
+                    readable: true,
+                    writable: true,
+                    ..HostSide::default()
+                },
+                connecting: false,
+                dirty: true,
+                timer: None,
+            });
+            self.tcp_index.insert(key, id);
+            self.dirty.push(id);
+            self.stats.tcp_opened += 1;
+            log::debug!(
+                "forward {client} -> guest port {guest_port} as {}",
+                key.remote
+            );
+        }
+    }
+
+    fn forward_udp(&mut self, now: Instant, index: usize) {
+        loop {
+            let Listener::Udp(socket, fwd) = &self.listeners[index] else {
+                return;
+            };
+            let guest_port = fwd.guest_port;
+            let (n, client) = match socket.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => continue,
+            };
+            let existing = self.udp.iter().find_map(|(id, f)| match f.kind {
+                UdpKind::Inbound {
+                    listener,
+                    client: c,
+                } if listener == index && c == client => Some(id),
+                _ => None,
+            });
+            let key = match existing {
+                Some(id) => {
+                    self.udp[id].last_active = now;
+                    self.udp[id].key
+                }
+                None => {
+                    if self.udp.len() >= self.limits.max_udp_flows {
+                        self.stats.drop(DropReason::UdpFlowLimit);
+                        continue;
+                    }
+                    let key = self.inbound_key(guest_port, client, true);
+                    let id = self.udp.insert(UdpFlow {
+                        key,
+                        kind: UdpKind::Inbound {
+                            listener: index,
+                            client,
+                        },
+                        last_active: now,
+                    });
+                    self.udp_index.insert(key, id);
+                    key
+                }
+            };
+            let (Some(link), SocketAddr::V4(src), SocketAddr::V4(dst)) =
+                (self.link(), key.remote, key.guest)
+            else {
+                continue;
+            };
+            frame::udp_v4(&mut self.scratch, link, src, dst, &self.buf[..n]);
+            self.send_scratch();
+        }
+    }
+
+    /// Services smoltcp timers that are due, the DNS forwarder's, and the idle sweep.
+    pub fn handle_timers(&mut self, now: Instant) {
+        let t = self.smol_now(now);
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > t {
+                break;
+            }
+            self.timers.pop();
+            if let Some(conn) = self.tcp.get_mut(id)
+                && conn.timer == Some(at)
+            {
+                conn.timer = None;
+                self.service(now, id);
+            }
+        }
+        if self.dns.poll_at().is_some_and(|at| at <= now) {
+            for q in self.dns.handle_timeout(now) {
+                let _ = self.dns_socket.send_to(&q.bytes, q.upstream);
+            }
+        }
+        if now >= self.next_sweep {
+            self.sweep(now);
+            self.next_sweep = now + Duration::from_secs(1);
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let idle = self.limits.udp_idle;
+        let expired: Vec<usize> = self
+            .udp
+            .iter()
+            .filter(|(_, f)| f.is_idle(now, idle))
+            .map(|(id, _)| id)
+            .collect();
+        for id in expired {
+            let mut flow = self.udp.remove(id);
+            self.udp_index.remove(&flow.key);
+            if let UdpKind::Outbound(socket) = &mut flow.kind {
+                let _ = self.registry.deregister(socket);
+            }
+        }
+        let idle = self.limits.icmp_idle;
+        let expired: Vec<usize> = self
+            .icmp
+            .iter()
+            .filter(|(_, f)| now.saturating_duration_since(f.last_active) >= idle)
+            .map(|(id, _)| id)
+            .collect();
+        for id in expired {
+            let mut flow = self.icmp.remove(id);
+            self.icmp_index.remove(&flow.key);
+            let _ = self.registry.deregister(&mut flow.socket);
+        }
+    }
+
+    /// When the loop should wake up at the latest.
+    pub fn poll_at(&self) -> Instant {
+        let mut at = self.next_sweep;
+        if let Some(&Reverse((t, _))) = self.timers.peek() {
+            let t = self.start + Duration::from_micros(t.total_micros().max(0) as u64);
+            at = at.min(t);
+        }
+        if let Some(t) = self.dns.poll_at() {
+            at = at.min(t);
+        }
+        if !self.dirty.is_empty() {
+            at = self.start;
+        }
+        at
+    }
+
+    /// The TAP took frames: flows that could not emit for lack of room may go on.
+    pub fn resume_starved(&mut self) {
+        for id in std::mem::take(&mut self.starved) {
+            if let Some(conn) = self.tcp.get_mut(id)
+                && !conn.dirty
+            {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+}
+
+fn listen_endpoint(addr: SocketAddr) -> IpListenEndpoint {
+    IpListenEndpoint {
+        addr: Some(IpAddress::from(addr.ip())),
+        port: addr.port(),
+    }
+}
+
+/// A non-blocking connect towards `addr`; completion is signalled by writability.
+fn connect_tcp(addr: SocketAddr) -> io::Result<mio::net::TcpStream> {
+    let stream = mio::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn seed() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// Runs the network for a guest command until it exits; returns its wait status.
+pub fn run(tap: OwnedFd, child: Pid, config: &NetworkConfig) -> Result<WaitStatus, LoopError> {
+    let mut poll = Poll::new().map_err(LoopError::Poll)?;
+    let registry = poll.registry().try_clone().map_err(LoopError::Poll)?;
+    let now = Instant::now();
+    let mut net = Network::new(config, registry, now)?;
+
+    let tap_fd = tap.as_raw_fd();
+    poll.registry()
+        .register(
+            &mut SourceFd(&tap_fd),
+            TAP,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .map_err(LoopError::Poll)?;
+
+    // The command's exit and the signals meant for tapir arrive on a signalfd.
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(|e| LoopError::Poll(e.into()))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| LoopError::Poll(e.into()))?;
+    let sig_fd = signals.as_fd().as_raw_fd();
+    poll.registry()
+        .register(&mut SourceFd(&sig_fd), SIGNAL, Interest::READABLE)
+        .map_err(LoopError::Poll)?;
+
+    let mut events = Events::with_capacity(1024);
+    let mut frame = vec![0u8; MAX_FRAME];
+    let header = if config.vnet_hdr { VNET_HDR_LEN } else { 0 };
+    let (mut tap_readable, mut tap_writable) = (true, true);
+    let mut exited = reap(child);
+
+    while exited.is_none() {
+        let now = Instant::now();
+        let timeout = if tap_readable {
+            Duration::ZERO
+        } else {
+            net.poll_at().saturating_duration_since(now)
+        };
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(LoopError::Poll(e));
+            }
+        }
+        let now = Instant::now();
+        for event in events.iter() {
+            match event.token() {
+                TAP => {
+                    tap_readable |= event.is_readable();
+                    tap_writable |= event.is_writable();
+                }
+                SIGNAL => {
+                    while let Ok(Some(info)) = signals.read_signal() {
+                        match Signal::try_from(info.ssi_signo as i32) {
+                            Ok(Signal::SIGCHLD) => exited = exited.or_else(|| reap(child)),
+                            // The terminal sends SIGINT to the command too; wait for it.
+                            Ok(Signal::SIGINT) | Err(_) => {}
+                            Ok(sig) => {
+                                let _ = nix::sys::signal::kill(child, sig);
+                            }
+                        }
+                    }
+                }
+                t => net.handle_event(now, t, event.is_readable(), event.is_writable()),
+            }
+        }
+        // Read a bounded batch, so host sockets get their turn under a guest flood.
+        if tap_readable {
+            for _ in 0..256 {
+                match nix::unistd::read(tap.as_fd(), &mut frame) {
+                    Ok(n) if n > header => net.handle_frame(now, &frame[header..n]),
+                    Ok(_) => net.stats.drop(DropReason::Malformed),
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        tap_readable = false;
+                        break;
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(LoopError::Tap(e.into())),
+                }
+            }
+        }
+        net.service_dirty(now);
+        net.handle_timers(now);
+        net.service_dirty(now);
+        tap_writable = flush(&tap, &mut net, tap_writable);
+        net.resume_starved();
+    }
+    flush(&tap, &mut net, true);
+    net.flush_capture();
+    log::info!("guest exited; {}", net.stats);
+    Ok(exited.unwrap_or(WaitStatus::StillAlive))
+}
+
+/// Writes queued frames to the TAP; returns whether it may still be writable.
+fn flush(tap: &OwnedFd, net: &mut Network, writable: bool) -> bool {
+    if !writable {
+        return false;
+    }
+    while let Some(buf) = net.tx.front() {
+        match nix::unistd::write(tap.as_fd(), buf) {
+            Ok(_) => {
+                let len = buf.len();
+                let frame = net.tx.strip_header(buf).to_vec();
+                net.stats.frames_out += 1;
+                net.stats.bytes_out += len as u64;
+                if net.pcap.is_some() {
+                    net.capture(&frame);
+                }
+                net.tx.pop_front();
+            }
+            Err(nix::errno::Errno::EAGAIN) => return false,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                log::debug!("writing to the TAP: {e}");
+                net.tx.pop_front();
+            }
+        }
+    }
+    true
+}
+
+fn reap(child: Pid) -> Option<WaitStatus> {
+    match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => None,
+        Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => Some(status),
+        Ok(_) => None,
+        Err(_) => Some(WaitStatus::Exited(child, 1)),
+    }
+}
