@@ -1,1 +1,64 @@
-//! (being written)
+//! `tapir run -- CMD`: the command gets new user+network+mount namespaces with a TAP, and
+//! this process (still in the caller's network namespace) carries the TAP's traffic until the
+//! command exits, then exits with its status.
+
+use std::net::IpAddr;
+
+use crate::cli::RunArgs;
+use crate::config::{AddressPlan, Limits, check_mtu};
+use crate::error::Error;
+use crate::event_loop::{self, NetworkConfig};
+use crate::namespace::{self, GuestCommand, TapConfig};
+use crate::service::dns::parse_resolv_conf;
+
+pub fn run(args: RunArgs) -> Result<i32, Error> {
+    let plan = AddressPlan::from_cidr(&args.cidr, !args.disable_host_loopback)?;
+    let mtu = check_mtu(args.mtu)?;
+    // Read before the guest exists: this is the host's view, not the guest's.
+    let nameservers = std::fs::read_to_string("/etc/resolv.conf")
+        .map(|text| parse_resolv_conf(&text))
+        .unwrap_or_default();
+    if nameservers.is_empty() {
+        log::warn!("no nameserver in /etc/resolv.conf: DNS through {} will not answer", plan.dns);
+    }
+    let config = NetworkConfig {
+        plan,
+        mtu,
+        limits: Limits::default(),
+        forwards: args.publish,
+        vnet_hdr: true,
+        nameservers,
+        host_addrs: host_addresses(),
+        pcap: args.pcap,
+    };
+    // Large flow buffers come from mmap, so an idle flow costs only the pages it touched.
+    crate::sys::set_malloc_mmap_threshold(128 * 1024);
+    let command = GuestCommand {
+        argv: args.command,
+        resolv_conf: format!("nameserver {}\n", plan.dns),
+    };
+    let tap = TapConfig {
+        name: "tap0".into(),
+        mtu,
+        plan,
+        vnet_hdr: config.vnet_hdr,
+    };
+    let guest = namespace::spawn(&command, &tap)?;
+    let status = event_loop::run(guest.tap, guest.pid, &config)?;
+    Ok(namespace::wait_status_code(status))
+}
+
+/// The host's own interface addresses: with host loopback disabled they are refused too.
+fn host_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .collect()
+}
