@@ -199,7 +199,14 @@ pub fn spawn(cmd: &GuestCommand, tap: &TapConfig) -> Result<Guest, NamespaceErro
         other => return Err(child_failed(pid, other)),
     };
     match fdpass::recv(parent_sock.as_fd()) {
-        Ok(Received::Closed) => Ok(Guest { tap: tap_fd, pid }),
+        Ok(Received::Closed) => {
+            log::info!(
+                "started {:?} as pid {pid} with TAP {}",
+                cmd.argv[0],
+                tap.name
+            );
+            Ok(Guest { tap: tap_fd, pid })
+        }
         other => Err(child_failed(pid, other)),
     }
 }
@@ -253,9 +260,17 @@ pub fn attach(
     match fdpass::recv(parent_sock.as_fd()) {
         Ok(Received::Fd { fd, .. }) => {
             reap(pid)?;
+            log::info!("attached to TAP {} in {}", tap.name, target_label(target));
             Ok(fd)
         }
         other => Err(child_failed(pid, other)),
+    }
+}
+
+fn target_label(target: &AttachTarget) -> String {
+    match target {
+        AttachTarget::Pid(pid) => format!("the network namespace of pid {pid}"),
+        AttachTarget::Path { netns, .. } => netns.display().to_string(),
     }
 }
 
@@ -398,6 +413,33 @@ mod test {
         assert_eq!(
             e.to_string(),
             "PID -1 is not valid: it must be a positive integer"
+        );
+    }
+
+    /// Needs /dev/net/tun readable and writable and unprivileged user namespaces; run with
+    /// `cargo test -- --ignored --test-threads=1` (as any user: it creates its own netns).
+    #[test]
+    #[ignore = "needs /dev/net/tun and user namespaces"]
+    fn spawned_guest_sees_its_tap_and_exit_code_comes_back() {
+        let script = "ip -4 addr show tap0 | grep -q 10.0.2.100/24 && \
+                      ip route | grep -q 'default via 10.0.2.2' && \
+                      grep -q 'nameserver 10.0.2.3' /etc/resolv.conf && exit 3";
+        let cmd = GuestCommand {
+            argv: ["sh", "-c", script].iter().map(OsString::from).collect(),
+            resolv_conf: "nameserver 10.0.2.3\n".into(),
+        };
+        let guest = spawn(&cmd, &tap_config()).unwrap();
+        let status = waitpid(guest.pid, None).unwrap();
+        assert_eq!(wait_status_code(status), 3);
+
+        let missing = GuestCommand {
+            argv: vec!["tapir-no-such-command".into()],
+            ..cmd
+        };
+        let e = spawn(&missing, &tap_config()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot run tapir-no-such-command: no such file or directory"
         );
     }
 

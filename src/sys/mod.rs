@@ -77,13 +77,17 @@ pub fn fork_child<F: FnOnce() -> i32>(child: F) -> Result<Pid, OsError> {
     let forked = unsafe { nix::unistd::fork() };
     match forked {
         Ok(ForkResult::Parent { child }) => {
-            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None)?;
+            // Cannot fail with a mask the kernel just handed us; the child runs either way.
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
             Ok(child)
         }
         Ok(ForkResult::Child) => {
             reset_signal_dispositions();
             let code = match sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
-                Ok(()) => child(),
+                // A panic must not unwind into the parent's code, which this process also has.
+                Ok(()) => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(1)
+                }
                 Err(_) => 1,
             };
             exit_now(code)
@@ -98,7 +102,7 @@ pub fn fork_child<F: FnOnce() -> i32>(child: F) -> Result<Pid, OsError> {
 
 /// Resets caught signals, and SIGPIPE, to their default action (see [`fork_child`]).
 fn reset_signal_dispositions() {
-    for signo in 1..libc::SIGRTMAX() {
+    for signo in 1..=libc::SIGRTMAX() {
         if signo == libc::SIGKILL || signo == libc::SIGSTOP {
             continue;
         }
