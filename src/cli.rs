@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::forward::spec::PortForward;
 
 #[derive(Debug, Parser)]
-#[command(name = "tapir", version, about = "Networking for rootless containers, through a userspace TCP/IP stack")]
+#[command(
+    name = "tapir",
+    version,
+    about = "Networking for rootless containers, through a userspace TCP/IP stack"
+)]
 pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

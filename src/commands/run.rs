@@ -19,7 +19,10 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         .map(|text| parse_resolv_conf(&text))
         .unwrap_or_default();
     if nameservers.is_empty() {
-        log::warn!("no nameserver in /etc/resolv.conf: DNS through {} will not answer", plan.dns);
+        log::warn!(
+            "no nameserver in /etc/resolv.conf: DNS through {} will not answer",
+            plan.dns
+        );
     }
     let config = NetworkConfig {
         plan,
