@@ -1,0 +1,226 @@
+# shellcheck shell=bash
+# The prelude of every integration-test scenario (see tests/common/mod.rs, which writes the
+# variables W, TAPIR, GUEST_KIND, REMOTE, GUEST_TIMEOUT and BODY_LINE above it and the scenario
+# body below it, and runs the result under `unshare --net --mount --pid --fork --mount-proc`).
+#
+# Theory of operation. The scenario runs as root in a fresh network, mount and PID namespace:
+# "the host" is that network namespace, with only `lo` until the prelude adds more. The prelude
+#   1. makes the world hermetic: lo up; a private /dev/net/tun node that uid 65534 may open; a
+#      resolv.conf naming 127.0.0.1 and an nsswitch.conf using only files+dns, both bind-mounted
+#      over /etc in this mount namespace only; a fake DNS server on 127.0.0.1:53 (actors.py);
+#      ping sockets allowed for every group in this network namespace;
+#   2. optionally (REMOTE=1) adds a "remote host": a further network namespace behind a veth,
+#      host 198.51.100.1/24 <-> remote 198.51.100.10/24; run things there with `in_remote`;
+#   3. defines the guest: `guest CMD...` runs CMD inside a rootless guest network, either under
+#      `tapir run` (GUEST_KIND=tapir, a fresh tapir per call, options from the TAPIR_ARGS array)
+#      or inside one slirp4netns-served namespace set up here (GUEST_KIND=slirp4netns), the
+#      reference the scenarios are checked against. The network helper always runs as uid 65534.
+# Nothing here touches the machine outside the namespaces: when the body ends, the EXIT trap
+# kills what it started, and the PID namespace's end kills anything left.
+#
+# Verbs for scenario bodies:
+#   start NAME CMD...       CMD in the background on the host, output to $W/log/NAME.log
+#   in_remote CMD...        CMD in the remote host's network namespace
+#   as_user CMD...          CMD as uid/gid 65534 (a script in $W/bin, so `as_user X &` gives X's pid)
+#   actor COMMAND ARGS...   one of the programs in actors.py (servers and clients)
+#   wait_port [in_remote] tcp|udp PORT     wait_file PATH     wait_until SECS WHAT CMD...
+#   guest CMD...            CMD in the guest (see 3.); tapir_run ARGS...: `tapir run ARGS` as 65534
+#   check CMD...            check_eq WHAT ACTUAL EXPECTED      check_match WHAT ACTUAL ERE
+#   fail MESSAGE
+
+set -Eeuo pipefail
+export W TAPIR
+export PATH="$W/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+export HOME="$W/tmp" LC_ALL=C
+TAPIR_ARGS=()
+
+# Trace (set -x, turned on just before the body) goes to $W/trace, with body line numbers.
+exec 9>>"$W/trace"
+BASH_XTRACEFD=9
+PS4='+ ${FUNCNAME[0]:-line} $((LINENO > BODY_LINE ? LINENO - BODY_LINE : LINENO)): '
+
+fail() {
+    local -
+    set +x
+    echo "FAILED: $*" >&2
+    exit 1
+}
+
+# Where a command failed, in scenario-body lines: for a failure inside a verb, the line that
+# called the verb.
+on_error() {
+    local rc=$1 line=$2 command=$3
+    local depth=${#BASH_LINENO[@]}
+    if [ "$depth" -ge 3 ]; then
+        line=${BASH_LINENO[$((depth - 2))]}
+    fi
+    echo "FAILED: scenario line $((line - BODY_LINE)): exit status $rc from: $command" >&2
+}
+trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
+
+teardown() {
+    local rc=$?
+    set +ex
+    trap - ERR
+    # shellcheck disable=SC2046
+    kill $(jobs -p) 2>/dev/null
+    exit "$rc"
+}
+trap teardown EXIT
+
+check() {
+    local -
+    set +x
+    "$@" || fail "check failed: $*"
+}
+
+check_eq() {
+    local -
+    set +x
+    [ "$2" = "$3" ] || fail "$1: expected '$3', got '$2'"
+}
+
+check_match() {
+    local -
+    set +x
+    grep -Eq -- "$3" <<<"$2" || fail "$1: '$2' does not match /$3/"
+}
+
+# wait_until SECONDS WHAT CMD...: polls CMD until it succeeds.
+wait_until() {
+    local -
+    set +x
+    local seconds=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || fail "gave up after ${seconds}s waiting for $what"
+        sleep 0.05
+    done
+}
+
+listening() {
+    local -
+    set +x
+    local flag=t
+    [ "$1" = udp ] && flag=u
+    [ -n "$(ss -Hln$flag "sport = :$2")" ]
+}
+
+wait_port() {
+    local -
+    set +x
+    if [ "$1" = in_remote ]; then
+        wait_until 10 "remote $2 port $3 to listen" in_remote "$W/bin/listening" "$2" "$3"
+    else
+        wait_until 10 "$1 port $2 to listen" listening "$1" "$2"
+    fi
+}
+
+wait_file() {
+    local -
+    set +x
+    wait_until "${2:-20}" "file $1" test -e "$1"
+}
+
+start() {
+    local -
+    set +x
+    local name=$1
+    shift
+    "$@" >"$W/log/$name.log" 2>&1 &
+}
+
+# bounded CMD...: CMD with GUEST_TIMEOUT, saying so when it was cut off.
+bounded() {
+    local -
+    set +x
+    local rc=0
+    timeout --kill-after=3 "$GUEST_TIMEOUT" "$@" || rc=$?
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        echo "timed out after ${GUEST_TIMEOUT}s: $*" >&2
+    fi
+    return "$rc"
+}
+
+# --- 1. the hermetic host ------------------------------------------------------------------------
+mkdir -p "$W/bin" "$W/log" "$W/etc" "$W/dev"
+cat >"$W/bin/as_user" <<'EOF'
+#!/bin/sh
+exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
+EOF
+cat >"$W/bin/actor" <<EOF
+#!/bin/sh
+exec /usr/bin/python3 -u '$W/actors.py' "\$@"
+EOF
+# `listening` as a program too, so in_remote (nsenter) can run it.
+cat >"$W/bin/listening" <<EOF
+#!/bin/bash
+$(declare -f listening)
+listening "\$@"
+EOF
+chmod 0755 "$W/bin/as_user" "$W/bin/actor" "$W/bin/listening"
+
+ip link set lo up
+# /dev/net/tun is 0600 on some machines; a node of our own, bound over it in this mount
+# namespace only, lets uid 65534 open it without changing the machine.
+mount -t tmpfs -o mode=0755,size=64k tapir-test-dev "$W/dev"
+mknod -m 0666 "$W/dev/tun" c 10 200
+mount --bind "$W/dev/tun" /dev/net/tun
+printf 'nameserver 127.0.0.1\n' >"$W/etc/resolv.conf"
+sed '/^hosts:/d' /etc/nsswitch.conf >"$W/etc/nsswitch.conf"
+printf 'hosts: files dns\n' >>"$W/etc/nsswitch.conf"
+chmod 0644 "$W/etc/resolv.conf" "$W/etc/nsswitch.conf"
+mount --bind "$W/etc/resolv.conf" /etc/resolv.conf
+mount --bind "$W/etc/nsswitch.conf" /etc/nsswitch.conf
+sysctl -qw net.ipv4.ping_group_range="0 2147483647"
+start dns actor dns-server 127.0.0.1 53
+wait_port udp 53
+wait_port tcp 53
+
+# --- 2. the remote host --------------------------------------------------------------------------
+REMOTE_ADDR=198.51.100.10
+HOST_ADDR=198.51.100.1
+in_remote() {
+    nsenter --target "$REMOTE_PID" --net -- "$@"
+}
+if [ "$REMOTE" = 1 ]; then
+    unshare --net sleep infinity &
+    REMOTE_PID=$!
+    # Once it is `sleep`, unshare has made its namespace.
+    wait_until 5 "the remote network namespace" grep -qx sleep "/proc/$REMOTE_PID/comm"
+    ip link add to-remote type veth peer name to-host netns "$REMOTE_PID"
+    ip addr add "$HOST_ADDR/24" dev to-remote
+    ip link set to-remote up
+    in_remote ip link set lo up
+    in_remote ip addr add "$REMOTE_ADDR/24" dev to-host
+    in_remote ip link set to-host up
+    wait_until 5 "the veth to the remote host" ping -c 1 -W 1 "$REMOTE_ADDR"
+fi
+
+# --- 3. the guest --------------------------------------------------------------------------------
+tapir_run() {
+    bounded as_user "$TAPIR" run "$@"
+}
+
+if [ "$GUEST_KIND" = tapir ]; then
+    guest() {
+        tapir_run "${TAPIR_ARGS[@]}" -- "$@"
+    }
+else
+    # The slirp4netns reference guest: a user+net+mount namespace held by a sleeper, with the
+    # same resolv.conf a `tapir run` guest gets, served by one slirp4netns for the whole scenario.
+    printf 'nameserver 10.0.2.3\n' >"$W/etc/guest-resolv.conf"
+    chmod 0644 "$W/etc/guest-resolv.conf"
+    # shellcheck disable=SC2016
+    as_user unshare --user --map-root-user --net --mount \
+        sh -c 'mount --bind "$1" /etc/resolv.conf && exec sleep infinity' sh "$W/etc/guest-resolv.conf" &
+    GUEST_PID=$!
+    wait_until 5 "the guest namespaces" grep -qx sleep "/proc/$GUEST_PID/comm"
+    start slirp4netns as_user slirp4netns --configure --mtu=65520 "$GUEST_PID" tap0
+    wait_until 10 "slirp4netns to configure tap0" \
+        sh -c "nsenter --target $GUEST_PID --net ip -4 addr show tap0 | grep -q 10.0.2.100"
+    guest() {
+        bounded as_user nsenter --preserve-credentials --user --net --mount --target "$GUEST_PID" -- "$@"
+    }
+fi
