@@ -24,6 +24,7 @@
 #   as_user CMD...          CMD as uid/gid 65534 (a script in $W/bin, so `as_user X &` gives X's pid)
 #   actor COMMAND ARGS...   one of the programs in actors.py (servers and clients)
 #   wait_port [in_remote] tcp|udp PORT     wait_file PATH     wait_until SECS WHAT CMD...
+#   wait_ready FILE PID     wait for a background guest (PID) to create FILE
 #   guest CMD...            CMD in the guest (see 3.); tapir_run ARGS...: `tapir run ARGS` as 65534
 #   check CMD...            check_eq WHAT ACTUAL EXPECTED      check_match WHAT ACTUAL ERE
 #   fail MESSAGE
@@ -39,24 +40,32 @@ exec 9>>"$W/trace"
 BASH_XTRACEFD=9
 PS4='+ ${FUNCNAME[0]:-line} $((LINENO > BODY_LINE ? LINENO - BODY_LINE : LINENO)): '
 
+# The scenario-body line that led here: where the outermost verb was called from the body.
+body_line() {
+    local depth=${#BASH_LINENO[@]}
+    echo $((BASH_LINENO[depth - 2] - BODY_LINE))
+}
+
 fail() {
     local -
     set +x
-    echo "FAILED: $*" >&2
+    echo "FAILED (scenario line $(body_line)): $*" >&2
     exit 1
 }
 
-# Where a command failed, in scenario-body lines: for a failure inside a verb, the line that
-# called the verb.
+# Reports a failed command with its body line. Not from $(...) subshells: their failure shows up
+# again as the failure of the body command that ran them, in the main shell.
 on_error() {
-    local rc=$1 line=$2 command=$3
-    local depth=${#BASH_LINENO[@]}
-    if [ "$depth" -ge 3 ]; then
-        line=${BASH_LINENO[$((depth - 2))]}
+    local -
+    set +x
+    [ "$BASHPID" = "$$" ] || return 0
+    if [ "${#FUNCNAME[@]}" = 2 ]; then
+        echo "FAILED (scenario line $(body_line)): exit status $1 from: $2" >&2
+    else
+        echo "FAILED (scenario line $(body_line)): exit status $1 in ${FUNCNAME[1]}: $2" >&2
     fi
-    echo "FAILED: scenario line $((line - BODY_LINE)): exit status $rc from: $command" >&2
 }
-trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
+trap 'on_error $? "$BASH_COMMAND"' ERR
 
 teardown() {
     local rc=$?
@@ -121,6 +130,22 @@ wait_file() {
     local -
     set +x
     wait_until "${2:-20}" "file $1" test -e "$1"
+}
+
+# wait_ready FILE PID: waits for FILE, which the background guest PID creates once its servers
+# listen; fails at once if that guest has already exited.
+wait_ready() {
+    local -
+    set +x
+    local deadline=$((SECONDS + 30)) rc=0
+    until [ -e "$1" ]; do
+        if ! kill -0 "$2" 2>/dev/null; then
+            wait "$2" || rc=$?
+            fail "the guest exited with status $rc before it was ready (no $1)"
+        fi
+        [ "$SECONDS" -lt "$deadline" ] || fail "gave up after 30s waiting for the guest to create $1"
+        sleep 0.05
+    done
 }
 
 start() {
@@ -217,7 +242,8 @@ else
         sh -c 'mount --bind "$1" /etc/resolv.conf && exec sleep infinity' sh "$W/etc/guest-resolv.conf" &
     GUEST_PID=$!
     wait_until 5 "the guest namespaces" grep -qx sleep "/proc/$GUEST_PID/comm"
-    start slirp4netns as_user slirp4netns --configure --mtu=65520 "$GUEST_PID" tap0
+    start slirp4netns as_user slirp4netns --configure --mtu=65520 --api-socket "$W/tmp/slirp4netns.sock" \
+        "$GUEST_PID" tap0
     wait_until 10 "slirp4netns to configure tap0" \
         sh -c "nsenter --target $GUEST_PID --net ip -4 addr show tap0 | grep -q 10.0.2.100"
     guest() {
