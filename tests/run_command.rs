@@ -1,0 +1,91 @@
+//! What `tapir run -- CMD` gives the command: its exit status passed through, the guest
+//! interface as options describe it, and a --pcap capture of the guest's frames.
+
+mod common;
+
+use common::World;
+
+#[test]
+fn exit_status_of_command_is_tapirs() {
+    World::tapir("exit_status").run_ok(
+        r#"
+rc=0
+guest sh -c 'exit 7' || rc=$?
+check_eq "exit status of tapir run -- sh -c 'exit 7'" "$rc" 7
+rc=0
+guest sh -c 'echo ran > "$W/tmp/ran"' || rc=$?
+check_eq "exit status of tapir run -- a command that succeeds" "$rc" 0
+check_eq "what the command wrote" "$(cat "$W/tmp/ran" 2>/dev/null)" ran
+"#,
+    );
+}
+
+/// The default guest: tap0 up with 10.0.2.100/24 and MTU 65520, default route via 10.0.2.2,
+/// resolv.conf naming 10.0.2.3.
+const DEFAULT_INTERFACE: &str = r#"
+out=$(guest sh -c 'ip -o link show dev tap0; ip -4 -o addr show dev tap0; ip -4 route show default; cat /etc/resolv.conf')
+check_match "tap0 is up" "$out" 'tap0: <[A-Z_,]*[<,]?UP[,>]'
+check_match "tap0's MTU" "$out" ' mtu 65520 '
+check_match "tap0's address" "$out" 'inet 10\.0\.2\.100/24 '
+check_match "the default route" "$out" '^default via 10\.0\.2\.2 dev tap0'
+check_match "the guest's resolv.conf" "$out" '^nameserver 10\.0\.2\.3$'
+"#;
+
+#[test]
+fn guest_interface_defaults() {
+    World::tapir("interface_defaults").run_ok(DEFAULT_INTERFACE);
+}
+
+#[test]
+fn slirp4netns_reference_interface_defaults() {
+    World::slirp4netns("slirp_interface_defaults").run_ok(DEFAULT_INTERFACE);
+}
+
+/// --cidr and --mtu move the whole plan: guest .100, gateway .2 (still the host's loopback),
+/// DNS .3, and the MTU.
+#[test]
+fn cidr_and_mtu_options_shape_the_guest() {
+    World::tapir("cidr_and_mtu").needs(&["curl"]).run_ok(
+        r#"
+echo 'hello from the host' > "$W/tmp/hello.txt"
+start web python3 -m http.server --bind 127.0.0.1 8080 --directory "$W/tmp"
+wait_port tcp 8080
+TAPIR_ARGS=(--cidr 10.0.3.0/24 --mtu 1500)
+out=$(guest sh -c 'ip -o link show dev tap0; ip -4 -o addr show dev tap0; ip -4 route show default; cat /etc/resolv.conf')
+check_match "tap0's MTU with --mtu 1500" "$out" ' mtu 1500 '
+check_match "tap0's address with --cidr 10.0.3.0/24" "$out" 'inet 10\.0\.3\.100/24 '
+check_match "the default route with --cidr 10.0.3.0/24" "$out" '^default via 10\.0\.3\.2 dev tap0'
+check_match "the guest's resolv.conf with --cidr 10.0.3.0/24" "$out" '^nameserver 10\.0\.3\.3$'
+out=$(guest curl -sS --max-time 10 http://10.0.3.2:8080/hello.txt)
+check_eq "body fetched via 10.0.3.2" "$out" "hello from the host"
+out=$(guest actor dns-query 10.0.3.3 tapir.test)
+check_eq "A tapir.test from 10.0.3.3" "$out" "NOERROR 192.0.2.53"
+"#,
+    );
+}
+
+/// --pcap FILE records the guest's frames in a file tshark reads: the guest's SYN to
+/// 10.0.2.2:8080 and the host's data coming back.
+#[test]
+fn pcap_records_guest_frames() {
+    World::tapir("pcap")
+        .needs(&["curl", "tshark"])
+        .run_ok(
+            r#"
+echo 'hello from the host' > "$W/tmp/hello.txt"
+start web python3 -m http.server --bind 127.0.0.1 8080 --directory "$W/tmp"
+wait_port tcp 8080
+TAPIR_ARGS=(--pcap "$W/tmp/guest.pcap")
+out=$(guest curl -sS --max-time 10 http://10.0.2.2:8080/hello.txt)
+check_eq "body fetched while capturing" "$out" "hello from the host"
+check test -s "$W/tmp/guest.pcap"
+frames() {
+    tshark -r "$W/tmp/guest.pcap" -Y "$1" -T fields -e frame.number 2>>"$W/log/tshark.log" | wc -l
+}
+syn='tcp.flags.syn == 1 && tcp.flags.ack == 0 && ip.src == 10.0.2.100 && ip.dst == 10.0.2.2 && tcp.dstport == 8080'
+check_match "guest SYNs to 10.0.2.2:8080 in the capture" "$(frames "$syn")" '^[1-9]'
+data='ip.src == 10.0.2.2 && tcp.srcport == 8080 && tcp.len > 0'
+check_match "data segments from 10.0.2.2:8080 in the capture" "$(frames "$data")" '^[1-9]'
+"#,
+        );
+}
