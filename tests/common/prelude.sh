@@ -30,6 +30,7 @@
 #   fail MESSAGE
 
 set -Eeuo pipefail
+: "${W:?}" "${TAPIR?}" "${GUEST_KIND:?}" "${REMOTE:?}" "${GUEST_TIMEOUT:?}" "${BODY_LINE:?}"
 export W TAPIR
 export PATH="$W/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 export HOME="$W/tmp" LC_ALL=C
