@@ -23,7 +23,7 @@
 #   in_remote CMD...        CMD in the remote host's network namespace
 #   as_user CMD...          CMD as uid/gid 65534 (a script in $W/bin, so `as_user X &` gives X's pid)
 #   actor COMMAND ARGS...   one of the programs in actors.py (servers and clients)
-#   wait_port [in_remote] tcp|udp PORT     wait_file PATH     wait_until SECS WHAT CMD...
+#   wait_port [in_remote] tcp|udp PORT     wait_until SECS WHAT CMD...
 #   wait_ready FILE PID     wait for a background guest (PID) to create FILE
 #   guest CMD...            CMD in the guest (see 3.); tapir_run ARGS...: `tapir run ARGS` as 65534
 #   check CMD...            check_eq WHAT ACTUAL EXPECTED      check_match WHAT ACTUAL ERE
@@ -125,12 +125,6 @@ wait_port() {
     else
         wait_until 10 "$1 port $2 to listen" listening "$1" "$2"
     fi
-}
-
-wait_file() {
-    local -
-    set +x
-    wait_until "${2:-20}" "file $1" test -e "$1"
 }
 
 # wait_ready FILE PID: waits for FILE, which the background guest PID creates once its servers
