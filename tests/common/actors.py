@@ -267,9 +267,37 @@ def tcp_half_close(addr, port, size):
     sys.exit(0 if same else 1)
 
 
-def tcp_ask(addr, port):
-    """Connects, reads until EOF, prints what it read."""
+def tcp_sha256(bind, port):
+    """Reads each connection to EOF, then answers `N bytes sha256 HEX` and closes: a sink whose
+    answer tells the sender that everything arrived."""
+
+    def handle(conn, peer):
+        digest, total = hashlib.sha256(), 0
+        while True:
+            data = conn.recv(1 << 18)
+            if not data:
+                break
+            digest.update(data)
+            total += len(data)
+        answer = "%d bytes sha256 %s" % (total, digest.hexdigest())
+        log("from %s:%d %s" % (peer[0], peer[1], answer))
+        conn.sendall((answer + "\n").encode())
+
+    tcp_server(bind, port, handle)
+
+
+def tcp_send(path, addr, port):
+    """Sends the file at PATH, shuts down its write side and prints the peer's answer (see
+    tcp-sha256). It returns only once the peer has read everything, so the sender's exit (and
+    with it, under `tapir run`, the guest network's) cannot cut the transfer short."""
     s = socket.create_connection((addr, int(port)), timeout=CLIENT_TIMEOUT)
+    with open(path, "rb") as f:
+        s.sendfile(f)
+    s.shutdown(socket.SHUT_WR)
+    tcp_read_to_eof(s)
+
+
+def tcp_read_to_eof(s):
     chunks = []
     while True:
         data = s.recv(4096)
@@ -277,6 +305,11 @@ def tcp_ask(addr, port):
             break
         chunks.append(data)
     sys.stdout.write(b"".join(chunks).decode())
+
+
+def tcp_ask(addr, port):
+    """Connects, reads until EOF, prints what it read."""
+    tcp_read_to_eof(socket.create_connection((addr, int(port)), timeout=CLIENT_TIMEOUT))
 
 
 def tcp_connect(addr, port, timeout=str(CLIENT_TIMEOUT)):
@@ -306,6 +339,8 @@ COMMANDS = {
     "tcp-whoami": tcp_whoami,
     "tcp-echo-after-eof": tcp_echo_after_eof,
     "tcp-half-close": tcp_half_close,
+    "tcp-sha256": tcp_sha256,
+    "tcp-send": tcp_send,
     "tcp-ask": tcp_ask,
     "tcp-connect": tcp_connect,
 }
