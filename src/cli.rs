@@ -45,7 +45,8 @@ pub struct RunArgs {
     /// Write every frame on the guest's TAP to this file (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
-    /// The command to run, and its arguments.
-    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    /// The command to run, and its arguments. (Checked by `commands::run`, so that a missing
+    /// command gets one sentence rather than clap's usage block.)
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }

@@ -19,6 +19,8 @@ pub enum ConfigError {
     CidrNotNetwork(String),
     #[error("--mtu {0} is out of range: it must be between 1280 and 65520")]
     Mtu(u32),
+    #[error("no command given: tapir run needs one after its options, as in `tapir run -- sh`")]
+    NoCommand,
 }
 
 /// The guest-visible IPv4 addresses and how the gateway maps to the host.

@@ -1021,6 +1021,19 @@ impl Network {
         at
     }
 
+    /// Whether every byte the guest sent has reached its host socket (the guest's FIN
+    /// included): what must be true before tapir may exit after the guest.
+    pub fn is_drained(&self) -> bool {
+        self.tcp.iter().all(|(_, conn)| {
+            let socket = conn.set.get::<tcp::Socket>(conn.handle);
+            let fin_pending = matches!(
+                socket.state(),
+                tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing
+            ) && !conn.side.shut_wr;
+            conn.connecting || (socket.recv_queue() == 0 && !fin_pending)
+        })
+    }
+
     /// The TAP took frames: flows that could not emit for lack of room may go on.
     pub fn resume_starved(&mut self) {
         for id in std::mem::take(&mut self.starved) {
@@ -1055,67 +1068,139 @@ fn seed() -> u64 {
     t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
 }
 
+/// How long tapir goes on after the command exits, to hand the host what the guest sent and
+/// tapir already acknowledged.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// How long the TAP must stay silent before the drain may end.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+
 /// Runs the network for a guest command until it exits; returns its wait status.
+///
+/// When the command exits, the loop goes on (for at most [`DRAIN_LIMIT`]) until every byte
+/// the guest sent has been written to its host socket: tapir acknowledged those bytes, so the
+/// guest believes them delivered.
 pub fn run(tap: OwnedFd, child: Pid, config: &NetworkConfig) -> Result<WaitStatus, LoopError> {
-    let mut poll = Poll::new().map_err(LoopError::Poll)?;
-    let registry = poll.registry().try_clone().map_err(LoopError::Poll)?;
-    let now = Instant::now();
-    let mut net = Network::new(config, registry, now)?;
-
-    let tap_fd = tap.as_raw_fd();
-    poll.registry()
-        .register(
-            &mut SourceFd(&tap_fd),
-            TAP,
-            Interest::READABLE | Interest::WRITABLE,
-        )
-        .map_err(LoopError::Poll)?;
-
-    // The command's exit and the signals meant for tapir arrive on a signalfd.
-    let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGINT,
-    ] {
-        mask.add(s);
-    }
-    mask.thread_block().map_err(|e| LoopError::Poll(e.into()))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| LoopError::Poll(e.into()))?;
-    let sig_fd = signals.as_fd().as_raw_fd();
-    poll.registry()
-        .register(&mut SourceFd(&sig_fd), SIGNAL, Interest::READABLE)
-        .map_err(LoopError::Poll)?;
-
-    let mut events = Events::with_capacity(1024);
-    let mut frame = vec![0u8; MAX_FRAME];
-    let header = if config.vnet_hdr { VNET_HDR_LEN } else { 0 };
-    let (mut tap_readable, mut tap_writable) = (true, true);
+    let mut driver = Driver::new(tap, config)?;
     let mut exited = reap(child);
-
     while exited.is_none() {
+        exited = driver.turn(child, None)?;
+    }
+    driver.exiting = true;
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    loop {
         let now = Instant::now();
-        let timeout = if tap_readable {
+        // The guest's kernel goes on sending what a closed socket still held: wait until
+        // the TAP has been quiet for a moment and every flow is drained.
+        let quiet = now.saturating_duration_since(driver.last_frame) >= DRAIN_QUIET;
+        if now >= deadline || (quiet && driver.net.is_drained()) {
+            break;
+        }
+        driver.turn(child, Some(Duration::from_millis(10)))?;
+    }
+    flush(&driver.tap, &mut driver.net, true);
+    driver.net.flush_capture();
+    log::info!("guest exited; {}", driver.net.stats);
+    Ok(exited.unwrap_or(WaitStatus::StillAlive))
+}
+
+/// The poll, the TAP and the signalfd around a [`Network`].
+struct Driver {
+    poll: Poll,
+    events: Events,
+    tap: OwnedFd,
+    signals: SignalFd,
+    net: Network,
+    frame: Vec<u8>,
+    header: usize,
+    tap_readable: bool,
+    tap_writable: bool,
+    /// The TAP failed (its namespace is gone): nothing more is read from or written to it.
+    tap_gone: bool,
+    /// The guest command has exited: TAP errors are expected now.
+    exiting: bool,
+    /// When the last frame came from the guest.
+    last_frame: Instant,
+}
+
+impl Driver {
+    fn new(tap: OwnedFd, config: &NetworkConfig) -> Result<Driver, LoopError> {
+        let poll = Poll::new().map_err(LoopError::Poll)?;
+        let registry = poll.registry().try_clone().map_err(LoopError::Poll)?;
+        let net = Network::new(config, registry, Instant::now())?;
+        let tap_fd = tap.as_raw_fd();
+        poll.registry()
+            .register(
+                &mut SourceFd(&tap_fd),
+                TAP,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(LoopError::Poll)?;
+
+        // The command's exit and the signals meant for tapir arrive on a signalfd.
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGINT,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(|e| LoopError::Poll(e.into()))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| LoopError::Poll(e.into()))?;
+        let sig_fd = signals.as_fd().as_raw_fd();
+        poll.registry()
+            .register(&mut SourceFd(&sig_fd), SIGNAL, Interest::READABLE)
+            .map_err(LoopError::Poll)?;
+        Ok(Driver {
+            poll,
+            events: Events::with_capacity(1024),
+            tap,
+            signals,
+            net,
+            frame: vec![0u8; MAX_FRAME],
+            header: if config.vnet_hdr { VNET_HDR_LEN } else { 0 },
+            tap_readable: true,
+            tap_writable: true,
+            tap_gone: false,
+            exiting: false,
+            last_frame: Instant::now(),
+        })
+    }
+
+    /// One wake-up: events, a bounded batch of TAP frames, dirty flows, timers, TAP writes.
+    /// Waits at most `max_wait` (or until the network's next deadline). Returns the child's
+    /// status once it has exited.
+    fn turn(
+        &mut self,
+        child: Pid,
+        max_wait: Option<Duration>,
+    ) -> Result<Option<WaitStatus>, LoopError> {
+        let mut exited = None;
+        let now = Instant::now();
+        let mut timeout = if self.tap_readable && !self.tap_gone {
             Duration::ZERO
         } else {
-            net.poll_at().saturating_duration_since(now)
+            self.net.poll_at().saturating_duration_since(now)
         };
-        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(LoopError::Poll(e));
-            }
+        if let Some(max) = max_wait {
+            timeout = timeout.min(max);
+        }
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout))
+            && e.kind() != ErrorKind::Interrupted
+        {
+            return Err(LoopError::Poll(e));
         }
         let now = Instant::now();
-        for event in events.iter() {
+        for event in self.events.iter() {
             match event.token() {
                 TAP => {
-                    tap_readable |= event.is_readable();
-                    tap_writable |= event.is_writable();
+                    self.tap_readable |= event.is_readable();
+                    self.tap_writable |= event.is_writable();
                 }
                 SIGNAL => {
-                    while let Ok(Some(info)) = signals.read_signal() {
+                    while let Ok(Some(info)) = self.signals.read_signal() {
                         match Signal::try_from(info.ssi_signo as i32) {
                             Ok(Signal::SIGCHLD) => exited = exited.or_else(|| reap(child)),
                             // The terminal sends SIGINT to the command too; wait for it.
@@ -1126,34 +1211,49 @@ pub fn run(tap: OwnedFd, child: Pid, config: &NetworkConfig) -> Result<WaitStatu
                         }
                     }
                 }
-                t => net.handle_event(now, t, event.is_readable(), event.is_writable()),
+                t => self
+                    .net
+                    .handle_event(now, t, event.is_readable(), event.is_writable()),
             }
         }
-        // Read a bounded batch, so host sockets get their turn under a guest flood.
-        if tap_readable {
-            for _ in 0..256 {
-                match nix::unistd::read(tap.as_fd(), &mut frame) {
-                    Ok(n) if n > header => net.handle_frame(now, &frame[header..n]),
-                    Ok(_) => net.stats.drop(DropReason::Malformed),
-                    Err(nix::errno::Errno::EAGAIN) => {
-                        tap_readable = false;
-                        break;
-                    }
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(LoopError::Tap(e.into())),
-                }
-            }
+        if self.tap_readable && !self.tap_gone {
+            self.read_tap(now, exited.is_some())?;
         }
-        net.service_dirty(now);
-        net.handle_timers(now);
-        net.service_dirty(now);
-        tap_writable = flush(&tap, &mut net, tap_writable);
-        net.resume_starved();
+        self.net.service_dirty(now);
+        self.net.handle_timers(now);
+        self.net.service_dirty(now);
+        if !self.tap_gone {
+            self.tap_writable = flush(&self.tap, &mut self.net, self.tap_writable);
+        }
+        self.net.resume_starved();
+        Ok(exited)
     }
-    flush(&tap, &mut net, true);
-    net.flush_capture();
-    log::info!("guest exited; {}", net.stats);
-    Ok(exited.unwrap_or(WaitStatus::StillAlive))
+
+    /// Reads a bounded batch of frames, so host sockets get their turn under a guest flood.
+    fn read_tap(&mut self, now: Instant, exiting: bool) -> Result<(), LoopError> {
+        for _ in 0..256 {
+            match nix::unistd::read(self.tap.as_fd(), &mut self.frame) {
+                Ok(n) if n > self.header => {
+                    self.last_frame = now;
+                    self.net.handle_frame(now, &self.frame[self.header..n]);
+                }
+                Ok(_) => self.net.stats.drop(DropReason::Malformed),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    self.tap_readable = false;
+                    return Ok(());
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                // Once the guest is gone its namespace, and the TAP with it, may go too.
+                Err(e) if exiting || self.exiting => {
+                    log::debug!("the TAP is gone: {e}");
+                    self.tap_gone = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(LoopError::Tap(e.into())),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Writes queued frames to the TAP; returns whether it may still be writable.

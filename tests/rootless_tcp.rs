@@ -180,3 +180,23 @@ check_match "ping to the remote host with --disable-host-loopback" "$out" ' 2 re
 "#,
         );
 }
+
+/// A sender that exits right after its last write: tapir already acknowledged those bytes to
+/// the guest, so it must go on until the host has them all (a guest→host "fire and forget").
+#[test]
+fn bytes_acknowledged_before_the_guest_exits_still_reach_the_host() {
+    World::tapir("drain_on_exit")
+        .needs(&["socat", "sha256sum"])
+        .time_limits(90, 60)
+        .run_ok(
+            r#"
+head -c 50M /dev/urandom > "$W/tmp/blob"
+start sink actor tcp-sha256 127.0.0.1 5011
+wait_port tcp 5011
+guest socat -t0 -u "OPEN:$W/tmp/blob" TCP:10.0.2.2:5011
+want="52428800 bytes sha256 $(sha256sum < "$W/tmp/blob" | cut -d' ' -f1)"
+wait_until 10 "the sink's verdict" grep -q "bytes sha256" "$W/log/sink.log"
+check_match "what the host received after the guest exited" "$(cat "$W/log/sink.log")" "$want"
+"#,
+        );
+}

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use crate::cli::RunArgs;
-use crate::config::{AddressPlan, Limits, check_mtu};
+use crate::config::{AddressPlan, ConfigError, Limits, check_mtu};
 use crate::error::Error;
 use crate::event_loop::{self, NetworkConfig};
 use crate::namespace::{self, GuestCommand, TapConfig};
@@ -14,6 +14,9 @@ use crate::service::dns::parse_resolv_conf;
 pub fn run(args: RunArgs) -> Result<i32, Error> {
     let plan = AddressPlan::from_cidr(&args.cidr, !args.disable_host_loopback)?;
     let mtu = check_mtu(args.mtu)?;
+    if args.command.is_empty() {
+        return Err(ConfigError::NoCommand.into());
+    }
     // Read before the guest exists: this is the host's view, not the guest's.
     let nameservers = std::fs::read_to_string("/etc/resolv.conf")
         .map(|text| parse_resolv_conf(&text))
