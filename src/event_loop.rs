@@ -33,8 +33,8 @@ use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, HardwareAddress, Icmpv4DstUnreachable, IpAddress, IpCidr,
-    IpListenEndpoint,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, Icmpv4DstUnreachable, IpAddress, IpCidr, IpListenEndpoint,
 };
 
 use crate::config::{AddressPlan, Limits};
@@ -84,6 +84,9 @@ pub struct NetworkConfig {
     pub pcap: Option<PathBuf>,
 }
 
+/// Well within smoltcp's 60 s neighbour-cache lifetime.
+const STACK_ARP_REFRESH: Duration = Duration::from_secs(20);
+
 const TAP: Token = Token(0);
 const SIGNAL: Token = Token(1);
 const DNS: Token = Token(2);
@@ -115,9 +118,19 @@ struct TcpConn {
     timer: Option<smoltcp::time::Instant>,
 }
 
-enum Listener {
-    Tcp(mio::net::TcpListener, PortForward),
-    Udp(mio::net::UdpSocket, PortForward),
+enum ListenerSocket {
+    Tcp(mio::net::TcpListener),
+    Udp(mio::net::UdpSocket),
+}
+
+/// A host port forwarded into the guest.
+struct Listener {
+    socket: ListenerSocket,
+    fwd: PortForward,
+    /// The guest address connections are delivered to.
+    guest: Ipv4Addr,
+    /// The number the API knows it by (slirp4netns: from 1, never reused).
+    id: u64,
 }
 
 /// The rootless network: one smoltcp interface, the flows, and the virtual services.
@@ -131,17 +144,24 @@ pub struct Network {
     limits: Limits,
     ours: EthernetAddress,
     guest_mac: Option<EthernetAddress>,
+    /// The guest MAC smoltcp was last told, and when.
+    stack_knows_guest: Option<(EthernetAddress, Instant)>,
     tcp: Slab<TcpConn>,
     tcp_index: HashMap<FlowKey, usize>,
     tcp_pending: usize,
     dirty: Vec<usize>,
     starved: Vec<usize>,
+    /// Forwarded connections opened before the guest's MAC was known.
+    awaiting_mac: Vec<usize>,
     timers: BinaryHeap<Reverse<(smoltcp::time::Instant, usize)>>,
     udp: Slab<UdpFlow>,
     udp_index: HashMap<FlowKey, usize>,
+    /// Inbound UDP flows by (listener, host client).
+    udp_inbound: HashMap<(usize, SocketAddr), usize>,
     icmp: Slab<EchoFlow>,
     icmp_index: HashMap<EchoKey, usize>,
-    listeners: Vec<Listener>,
+    listeners: Slab<Listener>,
+    next_forward_id: u64,
     dns: DnsRelay,
     dns_socket: mio::net::UdpSocket,
     next_sweep: Instant,
@@ -175,32 +195,6 @@ impl Network {
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(plan.gateway), plan.prefix_len));
         });
 
-        let mut listeners = Vec::new();
-        for (i, fwd) in config.forwards.iter().enumerate() {
-            let listen_err = |source| LoopError::Listen {
-                spec: fwd.to_string(),
-                addr: fwd.host,
-                source,
-            };
-            let mut listener = match fwd.proto {
-                Proto::Tcp => Listener::Tcp(
-                    mio::net::TcpListener::bind(fwd.host).map_err(listen_err)?,
-                    *fwd,
-                ),
-                Proto::Udp => Listener::Udp(
-                    mio::net::UdpSocket::bind(fwd.host).map_err(listen_err)?,
-                    *fwd,
-                ),
-            };
-            let t = token(KIND_LISTENER, i);
-            match &mut listener {
-                Listener::Tcp(l, _) => registry.register(l, t, Interest::READABLE),
-                Listener::Udp(s, _) => registry.register(s, t, Interest::READABLE),
-            }
-            .map_err(LoopError::Poll)?;
-            listeners.push(listener);
-        }
-
         let upstreams = config
             .nameservers
             .iter()
@@ -219,7 +213,7 @@ impl Network {
             None => None,
         };
 
-        Ok(Network {
+        let mut net = Network {
             registry,
             start: now,
             iface,
@@ -229,17 +223,21 @@ impl Network {
             limits: config.limits,
             ours,
             guest_mac: None,
+            stack_knows_guest: None,
             tcp: Slab::new(),
             tcp_index: HashMap::new(),
             tcp_pending: 0,
             dirty: Vec::new(),
             starved: Vec::new(),
+            awaiting_mac: Vec::new(),
             timers: BinaryHeap::new(),
             udp: Slab::new(),
             udp_index: HashMap::new(),
+            udp_inbound: HashMap::new(),
             icmp: Slab::new(),
             icmp_index: HashMap::new(),
-            listeners,
+            listeners: Slab::new(),
+            next_forward_id: 1,
             dns,
             dns_socket,
             next_sweep: now + Duration::from_secs(1),
@@ -248,7 +246,85 @@ impl Network {
             scratch: Vec::with_capacity(2048),
             buf: vec![0; 65536],
             stats: Stats::default(),
-        })
+        };
+        for fwd in &config.forwards {
+            net.add_forward(*fwd, None)
+                .map_err(|source| LoopError::Listen {
+                    spec: fwd.to_string(),
+                    addr: fwd.host,
+                    source,
+                })?;
+        }
+        Ok(net)
+    }
+
+    /// Starts forwarding `fwd.host` to `guest` (default: the guest's address) port
+    /// `fwd.guest_port`. Returns the forward's id.
+    pub fn add_forward(&mut self, fwd: PortForward, guest: Option<Ipv4Addr>) -> io::Result<u64> {
+        let entry = self.listeners.vacant_entry();
+        let t = token(KIND_LISTENER, entry.key());
+        let socket = match fwd.proto {
+            Proto::Tcp => {
+                let mut l = mio::net::TcpListener::bind(fwd.host)?;
+                self.registry.register(&mut l, t, Interest::READABLE)?;
+                ListenerSocket::Tcp(l)
+            }
+            Proto::Udp => {
+                let mut u = mio::net::UdpSocket::bind(fwd.host)?;
+                self.registry.register(&mut u, t, Interest::READABLE)?;
+                ListenerSocket::Udp(u)
+            }
+        };
+        let id = self.next_forward_id;
+        self.next_forward_id += 1;
+        entry.insert(Listener {
+            socket,
+            fwd,
+            guest: guest.unwrap_or(self.map.plan().guest),
+            id,
+        });
+        log::info!("forwarding {fwd}");
+        Ok(id)
+    }
+
+    /// Stops the forward `id`: its listener closes and its UDP flows end; TCP connections
+    /// already made go on. False when there is no such forward.
+    pub fn remove_forward(&mut self, id: u64) -> bool {
+        let Some(key) = self
+            .listeners
+            .iter()
+            .find(|(_, l)| l.id == id)
+            .map(|(k, _)| k)
+        else {
+            return false;
+        };
+        let mut listener = self.listeners.remove(key);
+        let _ = match &mut listener.socket {
+            ListenerSocket::Tcp(l) => self.registry.deregister(l),
+            ListenerSocket::Udp(u) => self.registry.deregister(u),
+        };
+        let stale: Vec<usize> = self
+            .udp
+            .iter()
+            .filter(|(_, f)| matches!(f.kind, UdpKind::Inbound { listener, .. } if listener == key))
+            .map(|(id, _)| id)
+            .collect();
+        for flow in stale {
+            self.remove_udp(flow);
+        }
+        log::info!("no longer forwarding {}", listener.fwd);
+        true
+    }
+
+    /// The forwards in place: (id, what, guest address).
+    pub fn forwards(&self) -> Vec<(u64, PortForward, Ipv4Addr)> {
+        let mut v: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|(_, l)| (l.id, l.fwd, l.guest))
+            .collect();
+        v.sort_by_key(|f| f.0);
+        v
     }
 
     fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
@@ -306,7 +382,10 @@ impl Network {
         match frame::classify(frame, &plan).1 {
             GuestFrame::Drop(reason) => self.stats.drop(reason),
             GuestFrame::ArpToStack => self.arp(now, frame),
-            GuestFrame::Tcp { key, syn } => self.guest_tcp(now, frame, key, syn),
+            GuestFrame::Tcp { key, syn } => {
+                self.teach_stack_guest_mac(now);
+                self.guest_tcp(now, frame, key, syn)
+            }
             GuestFrame::Udp { key, payload } => self.guest_udp(now, frame, key, payload),
             GuestFrame::EchoRequest {
                 src,
@@ -318,15 +397,49 @@ impl Network {
         }
     }
 
+    /// smoltcp learns neighbours from ARP only, and forgets them after a minute; the guest,
+    /// whose ARP entry for the gateway is still fresh, would then wait for smoltcp's own ARP
+    /// round (and its 1 s back-off). So tapir tells the stack the guest's MAC, as an ARP
+    /// reply, whenever it may have been forgotten.
+    fn teach_stack_guest_mac(&mut self, now: Instant) {
+        let Some(mac) = self.guest_mac else { return };
+        let fresh = self.stack_knows_guest.is_some_and(|(known, at)| {
+            known == mac && now.saturating_duration_since(at) < STACK_ARP_REFRESH
+        });
+        if fresh {
+            return;
+        }
+        let plan = self.plan();
+        let repr = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: mac,
+            source_protocol_addr: plan.guest,
+            target_hardware_addr: self.ours,
+            target_protocol_addr: plan.gateway,
+        };
+        let mut f = vec![0; 14 + repr.buffer_len()];
+        EthernetRepr {
+            src_addr: mac,
+            dst_addr: self.ours,
+            ethertype: EthernetProtocol::Arp,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+        repr.emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
+        self.arp(now, &f);
+    }
+
     fn arp(&mut self, now: Instant, frame: &[u8]) {
         let t = self.smol_now(now);
         let mut empty = SocketSet::new(Vec::new());
         let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
         self.iface.poll_ingress_single(t, &mut dev, &mut empty);
+        if let Some(mac) = self.guest_mac {
+            self.stack_knows_guest = Some((mac, now));
+        }
         // Connections towards the guest may wait for its MAC: let them go now.
-        for (id, conn) in self.tcp.iter_mut() {
-            if !conn.dirty
-                && conn.set.get::<tcp::Socket>(conn.handle).state() == tcp::State::SynSent
+        for id in std::mem::take(&mut self.awaiting_mac) {
+            if let Some(conn) = self.tcp.get_mut(id)
+                && !conn.dirty
             {
                 conn.dirty = true;
                 self.dirty.push(id);
@@ -432,9 +545,12 @@ impl Network {
             flow.last_active = now;
             let sent = match &flow.kind {
                 UdpKind::Outbound(socket) => socket.send(payload),
-                UdpKind::Inbound { listener, client } => match &self.listeners[*listener] {
-                    Listener::Udp(socket, _) => socket.send_to(payload, *client),
-                    Listener::Tcp(..) => Ok(0),
+                UdpKind::Inbound { listener, client } => match self.listeners.get(*listener) {
+                    Some(Listener {
+                        socket: ListenerSocket::Udp(socket),
+                        ..
+                    }) => socket.send_to(payload, *client),
+                    _ => Ok(0),
                 },
             };
             if let Err(e) = sent {
@@ -790,9 +906,9 @@ impl Network {
     }
 
     fn listener_ready(&mut self, now: Instant, index: usize) {
-        match self.listeners.get(index) {
-            Some(Listener::Tcp(..)) => self.accept_tcp(index),
-            Some(Listener::Udp(..)) => self.forward_udp(now, index),
+        match self.listeners.get(index).map(|l| &l.socket) {
+            Some(ListenerSocket::Tcp(_)) => self.accept_tcp(index),
+            Some(ListenerSocket::Udp(_)) => self.forward_udp(now, index),
             None => {}
         }
     }
@@ -812,8 +928,14 @@ impl Network {
     }
 
     /// A guest-side key for a forwarded client, with another source port if that one is taken.
-    fn inbound_key(&mut self, guest_port: u16, client: SocketAddr, udp: bool) -> FlowKey {
-        let guest = SocketAddr::new(self.plan().guest.into(), guest_port);
+    fn inbound_key(
+        &mut self,
+        guest_ip: Ipv4Addr,
+        guest_port: u16,
+        client: SocketAddr,
+        udp: bool,
+    ) -> FlowKey {
+        let guest = SocketAddr::new(guest_ip.into(), guest_port);
         let mut remote = self.guest_visible(client);
         for _ in 0..16384 {
             let key = FlowKey { guest, remote };
@@ -837,10 +959,16 @@ impl Network {
 
     fn accept_tcp(&mut self, index: usize) {
         loop {
-            let Listener::Tcp(listener, fwd) = &self.listeners[index] else {
+            let Some(Listener {
+                socket: ListenerSocket::Tcp(listener),
+                fwd,
+                guest,
+                ..
+            }) = self.listeners.get(index)
+            else {
                 return;
             };
-            let guest_port = fwd.guest_port;
+            let (guest_ip, guest_port) = (*guest, fwd.guest_port);
             let (mut host, client) = match listener.accept() {
                 Ok(r) => r,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -854,7 +982,7 @@ impl Network {
                 continue;
             }
             let _ = host.set_nodelay(true);
-            let key = self.inbound_key(guest_port, client, false);
+            let key = self.inbound_key(guest_ip, guest_port, client, false);
             let mut socket = new_socket(self.limits.tcp_buffer);
             let local = (IpAddress::from(key.remote.ip()), key.remote.port());
             let remote = (IpAddress::from(key.guest.ip()), key.guest.port());
@@ -891,6 +1019,12 @@ impl Network {
             });
             self.tcp_index.insert(key, id);
             self.dirty.push(id);
+            // smoltcp may have to ask for the guest's MAC (its cache expires): the ARP reply
+            // should release the SYN at once rather than after smoltcp's 1 s back-off.
+            if self.awaiting_mac.len() >= 4096 {
+                self.awaiting_mac.drain(..2048);
+            }
+            self.awaiting_mac.push(id);
             self.stats.tcp_opened += 1;
             log::debug!(
                 "forward {client} -> guest port {guest_port} as {}",
@@ -901,22 +1035,22 @@ impl Network {
 
     fn forward_udp(&mut self, now: Instant, index: usize) {
         loop {
-            let Listener::Udp(socket, fwd) = &self.listeners[index] else {
+            let Some(Listener {
+                socket: ListenerSocket::Udp(socket),
+                fwd,
+                guest,
+                ..
+            }) = self.listeners.get(index)
+            else {
                 return;
             };
-            let guest_port = fwd.guest_port;
+            let (guest_ip, guest_port) = (*guest, fwd.guest_port);
             let (n, client) = match socket.recv_from(&mut self.buf) {
                 Ok(r) => r,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => continue,
             };
-            let existing = self.udp.iter().find_map(|(id, f)| match f.kind {
-                UdpKind::Inbound {
-                    listener,
-                    client: c,
-                } if listener == index && c == client => Some(id),
-                _ => None,
-            });
+            let existing = self.udp_inbound.get(&(index, client)).copied();
             let key = match existing {
                 Some(id) => {
                     self.udp[id].last_active = now;
@@ -927,7 +1061,7 @@ impl Network {
                         self.stats.drop(DropReason::UdpFlowLimit);
                         continue;
                     }
-                    let key = self.inbound_key(guest_port, client, true);
+                    let key = self.inbound_key(guest_ip, guest_port, client, true);
                     let id = self.udp.insert(UdpFlow {
                         key,
                         kind: UdpKind::Inbound {
@@ -937,6 +1071,7 @@ impl Network {
                         last_active: now,
                     });
                     self.udp_index.insert(key, id);
+                    self.udp_inbound.insert((index, client), id);
                     key
                 }
             };
@@ -976,6 +1111,19 @@ impl Network {
         }
     }
 
+    fn remove_udp(&mut self, id: usize) {
+        let mut flow = self.udp.remove(id);
+        self.udp_index.remove(&flow.key);
+        match &mut flow.kind {
+            UdpKind::Outbound(socket) => {
+                let _ = self.registry.deregister(socket);
+            }
+            UdpKind::Inbound { listener, client } => {
+                self.udp_inbound.remove(&(*listener, *client));
+            }
+        }
+    }
+
     fn sweep(&mut self, now: Instant) {
         let idle = self.limits.udp_idle;
         let expired: Vec<usize> = self
@@ -985,11 +1133,7 @@ impl Network {
             .map(|(id, _)| id)
             .collect();
         for id in expired {
-            let mut flow = self.udp.remove(id);
-            self.udp_index.remove(&flow.key);
-            if let UdpKind::Outbound(socket) = &mut flow.kind {
-                let _ = self.registry.deregister(socket);
-            }
+            self.remove_udp(id);
         }
         let idle = self.limits.icmp_idle;
         let expired: Vec<usize> = self
@@ -1290,5 +1434,253 @@ fn reap(child: Pid) -> Option<WaitStatus> {
         Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => Some(status),
         Ok(_) => None,
         Err(_) => Some(WaitStatus::Exited(child, 1)),
+    }
+}
+
+#[cfg(test)]
+mod test {
+    //! The network with guest frames made by hand and no TAP: flow table limits, refusals
+    //! and the virtual hosts. Host sockets only ever reach 127.0.0.1 (via 10.0.2.2).
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+
+    const GUEST_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x64]);
+
+    fn network(limits: Limits) -> (Poll, Network) {
+        let poll = Poll::new().unwrap();
+        let config = NetworkConfig {
+            plan: AddressPlan::default(),
+            mtu: 1500,
+            limits,
+            forwards: vec![],
+            vnet_hdr: false,
+            nameservers: vec![],
+            host_addrs: vec![],
+            pcap: None,
+        };
+        let net = Network::new(
+            &config,
+            poll.registry().try_clone().unwrap(),
+            Instant::now(),
+        )
+        .unwrap();
+        (poll, net)
+    }
+
+    fn ethernet(ethertype: EthernetProtocol, payload_len: usize) -> Vec<u8> {
+        let mut f = vec![0; 14 + payload_len];
+        EthernetRepr {
+            src_addr: GUEST_MAC,
+            dst_addr: EthernetAddress(AddressPlan::virtual_mac(AddressPlan::default().gateway)),
+            ethertype,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+        f
+    }
+
+    fn syn(dst: [u8; 4], port: u16) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: 40000 + port,
+            dst_port: port,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1),
+            ack_number: None,
+            window_len: 64240,
+            window_scale: Some(7),
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: Ipv4Addr::new(10, 0, 2, 100),
+            dst_addr: dst.into(),
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut f = ethernet(EthernetProtocol::Ipv4, 20 + tcp.buffer_len());
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[14..]), &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut f[34..]),
+            &ip.src_addr.into(),
+            &ip.dst_addr.into(),
+            &caps,
+        );
+        f
+    }
+
+    fn udp(dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+        // A frame tapir would send, with the two ends swapped, is a guest frame.
+        let link = Link {
+            ours: GUEST_MAC,
+            guest: EthernetAddress(AddressPlan::virtual_mac(AddressPlan::default().gateway)),
+        };
+        let mut f = Vec::new();
+        frame::udp_v4(
+            &mut f,
+            link,
+            "10.0.2.100:5000".parse().unwrap(),
+            dst,
+            payload,
+        );
+        f
+    }
+
+    fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+        let repr = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: GUEST_MAC,
+            source_protocol_addr: Ipv4Addr::new(10, 0, 2, 100),
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: target,
+        };
+        let mut f = ethernet(EthernetProtocol::Arp, repr.buffer_len());
+        repr.emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
+        f
+    }
+
+    /// The frames queued towards the guest, drained.
+    fn sent(net: &mut Network) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(f) = net.tx.front() {
+            out.push(f.to_vec());
+            net.tx.pop_front();
+        }
+        out
+    }
+
+    fn tcp_flags(f: &[u8]) -> Option<(bool, bool)> {
+        let ip = Ipv4Packet::new_checked(&f[14..]).ok()?;
+        let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+        Some((tcp.syn(), tcp.rst()))
+    }
+
+    #[test]
+    fn syn_to_an_empty_address_is_reset() {
+        let (_poll, mut net) = network(Limits::default());
+        net.handle_frame(Instant::now(), &syn([10, 0, 2, 50], 80));
+        let out = sent(&mut net);
+        assert_eq!(out.len(), 1);
+        assert_eq!(tcp_flags(&out[0]), Some((false, true)));
+        assert_eq!(net.stats.drops(DropReason::Refused), 1);
+        assert!(net.tcp.is_empty());
+        // Two minutes later smoltcp's neighbour cache has expired; the reset still goes out
+        // at once rather than after an ARP round.
+        net.handle_frame(Instant::now() + Duration::from_secs(120), &syn([10, 0, 2, 50], 81));
+        let out = sent(&mut net);
+        assert_eq!(out.len(), 1);
+        assert_eq!(tcp_flags(&out[0]), Some((false, true)));
+    }
+
+    #[test]
+    fn half_open_connections_are_capped_and_counted() {
+        let limits = Limits {
+            max_tcp_pending: 5,
+            ..Limits::default()
+        };
+        let (_poll, mut net) = network(limits);
+        for port in 1..=20 {
+            net.handle_frame(Instant::now(), &syn([10, 0, 2, 2], port));
+        }
+        // Five host connects are under way (no SYN-ACK yet: they are paused); the rest dropped.
+        assert_eq!(net.tcp.len(), 5);
+        assert_eq!(net.stats.drops(DropReason::TcpPendingLimit), 15);
+        assert!(
+            sent(&mut net)
+                .iter()
+                .all(|f| tcp_flags(f) != Some((true, false)))
+        );
+    }
+
+    #[test]
+    fn udp_flows_are_capped_and_counted() {
+        let limits = Limits {
+            max_udp_flows: 3,
+            ..Limits::default()
+        };
+        let (_poll, mut net) = network(limits);
+        for i in 0..10 {
+            let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 40000 + i);
+            net.handle_frame(Instant::now(), &udp(dst, b"x"));
+        }
+        assert_eq!(net.udp.len(), 3);
+        assert_eq!(net.stats.drops(DropReason::UdpFlowLimit), 7);
+        // The same 4-tuple again reuses its flow.
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 40000);
+        net.handle_frame(Instant::now(), &udp(dst, b"again"));
+        assert_eq!(net.udp.len(), 3);
+        assert_eq!(net.stats.drops(DropReason::UdpFlowLimit), 7);
+    }
+
+    #[test]
+    fn idle_udp_flows_expire() {
+        let (_poll, mut net) = network(Limits::default());
+        let t0 = Instant::now();
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 40000);
+        net.handle_frame(t0, &udp(dst, b"x"));
+        assert_eq!(net.udp.len(), 1);
+        net.handle_timers(t0 + Duration::from_secs(30));
+        assert_eq!(net.udp.len(), 1);
+        net.handle_timers(t0 + Duration::from_secs(61));
+        assert_eq!(net.udp.len(), 0);
+        assert!(net.udp_index.is_empty());
+    }
+
+    #[test]
+    fn udp_to_a_refused_address_gets_icmp_prohibited() {
+        let (_poll, mut net) = network(Limits::default());
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 77), 9);
+        net.handle_frame(Instant::now(), &udp(dst, b"x"));
+        let out = sent(&mut net);
+        assert_eq!(out.len(), 1);
+        let ip = Ipv4Packet::new_checked(&out[0][14..]).unwrap();
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
+        assert_eq!(&ip.payload()[..2], &[3, 13]);
+    }
+
+    #[test]
+    fn arp_is_answered_for_virtual_hosts_only() {
+        let (_poll, mut net) = network(Limits::default());
+        net.handle_frame(Instant::now(), &arp_request(Ipv4Addr::new(10, 0, 2, 50)));
+        assert!(sent(&mut net).is_empty());
+        net.handle_frame(Instant::now(), &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let out = sent(&mut net);
+        assert_eq!(out.len(), 1);
+        let arp = ArpRepr::parse(&ArpPacket::new_checked(&out[0][14..]).unwrap()).unwrap();
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            source_protocol_addr,
+            ..
+        } = arp
+        else {
+            panic!()
+        };
+        assert_eq!(operation, ArpOperation::Reply);
+        assert_eq!(source_protocol_addr, Ipv4Addr::new(10, 0, 2, 2));
+    }
+
+    #[test]
+    fn runtime_forwards_have_increasing_ids_never_reused() {
+        let (_poll, mut net) = network(Limits::default());
+        let fwd: PortForward = "127.0.0.1:0:80".parse().unwrap_or_else(|_| PortForward {
+            proto: Proto::Tcp,
+            host: "127.0.0.1:0".parse().unwrap(),
+            guest_port: 80,
+        });
+        let a = net.add_forward(fwd, None).unwrap();
+        let b = net.add_forward(fwd, None).unwrap();
+        assert_eq!((a, b), (1, 2));
+        assert!(net.remove_forward(1));
+        assert!(!net.remove_forward(1));
+        let c = net.add_forward(fwd, None).unwrap();
+        assert_eq!(c, 3);
+        let ids: Vec<u64> = net.forwards().iter().map(|f| f.0).collect();
+        assert_eq!(ids, [2, 3]);
     }
 }
