@@ -4,6 +4,7 @@
 //! network namespace and ordinary host sockets, terminating every flow in a smoltcp stack.
 //! See `README.md` for the user's view and each module's `//!` header for its theory.
 
+pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
