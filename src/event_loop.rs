@@ -37,6 +37,7 @@ use smoltcp::wire::{
     EthernetRepr, HardwareAddress, Icmpv4DstUnreachable, IpAddress, IpCidr, IpListenEndpoint,
 };
 
+use crate::api::server::ApiServer;
 use crate::config::{AddressPlan, Limits};
 use crate::flow::addr::{AddressMap, Route};
 use crate::flow::icmp::{self, EchoFlow, EchoKey};
@@ -81,6 +82,8 @@ pub struct NetworkConfig {
     pub nameservers: Vec<IpAddr>,
     /// The host's own interface addresses (refused when host loopback is disabled).
     pub host_addrs: Vec<IpAddr>,
+    /// Source addresses for host sockets (`--outbound-addr`, `--outbound-addr6`).
+    pub outbound: (Option<Ipv4Addr>, Option<std::net::Ipv6Addr>),
     pub pcap: Option<PathBuf>,
 }
 
@@ -90,11 +93,14 @@ const STACK_ARP_REFRESH: Duration = Duration::from_secs(20);
 const TAP: Token = Token(0);
 const SIGNAL: Token = Token(1);
 const DNS: Token = Token(2);
+const EXIT_FD: Token = Token(3);
+const API: Token = Token(4);
 const KIND_SHIFT: u32 = 32;
 const KIND_TCP: usize = 1;
 const KIND_UDP: usize = 2;
 const KIND_ICMP: usize = 3;
 const KIND_LISTENER: usize = 4;
+const KIND_API: usize = 5;
 
 fn token(kind: usize, index: usize) -> Token {
     Token((kind << KIND_SHIFT) | index)
@@ -168,6 +174,7 @@ pub struct Network {
     /// Source ports for forwarded connections whose client port is taken.
     next_port: u16,
     pcap: Option<PcapSink>,
+    outbound: (Option<Ipv4Addr>, Option<std::net::Ipv6Addr>),
     scratch: Vec<u8>,
     buf: Vec<u8>,
     pub stats: Stats,
@@ -243,6 +250,7 @@ impl Network {
             next_sweep: now + Duration::from_secs(1),
             next_port: 49152,
             pcap,
+            outbound: config.outbound,
             scratch: Vec::with_capacity(2048),
             buf: vec![0; 65536],
             stats: Stats::default(),
@@ -333,6 +341,18 @@ impl Network {
         )
     }
 
+    /// The source address for a host socket towards `dst` (`--outbound-addr[6]`). Loopback
+    /// destinations keep the kernel's choice: an outbound address cannot reach them.
+    fn outbound(&self, dst: SocketAddr) -> Option<IpAddr> {
+        if dst.ip().is_loopback() {
+            return None;
+        }
+        match dst {
+            SocketAddr::V4(_) => self.outbound.0.map(IpAddr::V4),
+            SocketAddr::V6(_) => self.outbound.1.map(IpAddr::V6),
+        }
+    }
+
     fn plan(&self) -> AddressPlan {
         *self.map.plan()
     }
@@ -347,10 +367,7 @@ impl Network {
     /// Records a frame in the capture, if any.
     pub fn capture(&mut self, frame: &[u8]) {
         if let Some(pcap) = &mut self.pcap {
-            let ts = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            pcap.write(ts, frame);
+            pcap.write(wall_clock(), frame);
         }
     }
 
@@ -474,7 +491,7 @@ impl Network {
             return self.stats.drop(DropReason::TcpPendingLimit);
         }
         let host = match self.map.tcp(key.remote) {
-            Route::Host(addr) => connect_tcp(addr),
+            Route::Host(addr) => connect_tcp(addr, self.outbound(addr)),
             _ => Err(io::Error::from(ErrorKind::PermissionDenied)),
         };
         let mut host = match host {
@@ -573,9 +590,10 @@ impl Network {
         if self.udp.len() >= self.limits.max_udp_flows {
             return self.stats.drop(DropReason::UdpFlowLimit);
         }
+        let source = self.outbound(addr);
         let entry = self.udp.vacant_entry();
         let id = entry.key();
-        let socket = udp::connect(addr).and_then(|mut s| {
+        let socket = udp::connect(addr, source).and_then(|mut s| {
             self.registry
                 .register(&mut s, token(KIND_UDP, id), Interest::READABLE)
                 .map(|()| s)
@@ -1191,6 +1209,39 @@ impl Network {
     }
 }
 
+impl crate::api::server::ForwardTable for Network {
+    fn add_forward(&mut self, fwd: PortForward, guest: Option<Ipv4Addr>) -> io::Result<u64> {
+        Network::add_forward(self, fwd, guest)
+    }
+
+    fn remove_forward(&mut self, id: u64) -> bool {
+        Network::remove_forward(self, id)
+    }
+
+    fn forwards(&self) -> Vec<(u64, PortForward, Ipv4Addr)> {
+        Network::forwards(self)
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        let mut v = vec![
+            ("frames_in", s.frames_in),
+            ("frames_out", s.frames_out),
+            ("bytes_in", s.bytes_in),
+            ("bytes_out", s.bytes_out),
+            ("tcp_open", self.tcp.len() as u64),
+            ("tcp_opened", s.tcp_opened),
+            ("tcp_closed", s.tcp_closed),
+            ("udp_open", self.udp.len() as u64),
+            ("udp_opened", s.udp_opened),
+            ("icmp_open", self.icmp.len() as u64),
+            ("icmp_opened", s.icmp_opened),
+        ];
+        v.extend(DropReason::ALL.iter().map(|r| (r.name(), s.drops(*r))));
+        v
+    }
+}
+
 fn listen_endpoint(addr: SocketAddr) -> IpListenEndpoint {
     IpListenEndpoint {
         addr: Some(IpAddress::from(addr.ip())),
@@ -1198,11 +1249,25 @@ fn listen_endpoint(addr: SocketAddr) -> IpListenEndpoint {
     }
 }
 
-/// A non-blocking connect towards `addr`; completion is signalled by writability.
-fn connect_tcp(addr: SocketAddr) -> io::Result<mio::net::TcpStream> {
-    let stream = mio::net::TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+/// A non-blocking connect towards `addr`, from `source` when given; completion is signalled
+/// by writability.
+fn connect_tcp(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::net::TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(source) = source {
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(socket.into()))
 }
 
 fn seed() -> u64 {
@@ -1218,37 +1283,65 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How long the TAP must stay silent before the drain may end.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
+/// What keeps the network running.
+pub enum Lifetime {
+    /// `tapir run`: until the guest command exits; termination signals are passed on to it.
+    Child(Pid),
+    /// slirp4netns mode: until the exit fd (if any) hangs up or is invalid, or a termination
+    /// signal arrives.
+    ExitFd(Option<OwnedFd>),
+}
+
+/// Why the network stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Child(WaitStatus),
+    ExitFd,
+    Signal(Signal),
+    /// The TAP failed: the guest's namespace is gone.
+    GuestGone,
+}
+
 /// Runs the network for a guest command until it exits; returns its wait status.
 ///
 /// When the command exits, the loop goes on (for at most [`DRAIN_LIMIT`]) until every byte
 /// the guest sent has been written to its host socket: tapir acknowledged those bytes, so the
 /// guest believes them delivered.
 pub fn run(tap: OwnedFd, child: Pid, config: &NetworkConfig) -> Result<WaitStatus, LoopError> {
-    let mut driver = Driver::new(tap, config)?;
-    let mut exited = reap(child);
-    while exited.is_none() {
-        exited = driver.turn(child, None)?;
+    match serve(tap, config, Lifetime::Child(child), None, || ())? {
+        Ending::Child(status) => Ok(status),
+        _ => Ok(WaitStatus::StillAlive),
     }
-    driver.exiting = true;
-    let deadline = Instant::now() + DRAIN_LIMIT;
-    loop {
-        let now = Instant::now();
-        // The guest's kernel goes on sending what a closed socket still held: wait until
-        // the TAP has been quiet for a moment and every flow is drained.
-        let quiet = now.saturating_duration_since(driver.last_frame) >= DRAIN_QUIET;
-        if now >= deadline || (quiet && driver.net.is_drained()) {
-            break;
-        }
-        driver.turn(child, Some(Duration::from_millis(10)))?;
+}
+
+/// Runs the network until `lifetime` ends. `api` (the slirp4netns JSON socket) is served from
+/// the same loop; `ready` is called once everything listens, before the first wait.
+pub fn serve(
+    tap: OwnedFd,
+    config: &NetworkConfig,
+    lifetime: Lifetime,
+    api: Option<ApiServer>,
+    ready: impl FnOnce(),
+) -> Result<Ending, LoopError> {
+    let mut driver = Driver::new(tap, config, lifetime, api)?;
+    ready();
+    let mut ending = driver.initial_ending();
+    while ending.is_none() {
+        ending = driver.turn(None)?;
+    }
+    if matches!(ending, Some(Ending::Child(_))) {
+        driver.drain()?;
     }
     flush(&driver.tap, &mut driver.net, true);
     driver.net.flush_capture();
-    log::info!("guest exited; {}", driver.net.stats);
-    Ok(exited.unwrap_or(WaitStatus::StillAlive))
+    log::info!("stopping ({ending:?}); {}", driver.net.stats);
+    Ok(ending.unwrap_or(Ending::ExitFd))
 }
 
-/// The poll, the TAP and the signalfd around a [`Network`].
+/// The poll, the TAP, the signalfd and the API socket around a [`Network`].
 struct Driver {
+    lifetime: Lifetime,
+    api: Option<ApiServer>,
     poll: Poll,
     events: Events,
     tap: OwnedFd,
@@ -1267,8 +1360,25 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(tap: OwnedFd, config: &NetworkConfig) -> Result<Driver, LoopError> {
+    fn new(
+        tap: OwnedFd,
+        config: &NetworkConfig,
+        lifetime: Lifetime,
+        mut api: Option<ApiServer>,
+    ) -> Result<Driver, LoopError> {
         let poll = Poll::new().map_err(LoopError::Poll)?;
+        if let Lifetime::ExitFd(Some(fd)) = &lifetime {
+            let raw = fd.as_raw_fd();
+            // An fd that is not open cannot be registered: that is the POLLNVAL case, seen
+            // by `initial_ending`.
+            let _ = poll
+                .registry()
+                .register(&mut SourceFd(&raw), EXIT_FD, Interest::READABLE);
+        }
+        if let Some(api) = &mut api {
+            api.register(poll.registry(), API, |i| token(KIND_API, i))
+                .map_err(LoopError::Poll)?;
+        }
         let registry = poll.registry().try_clone().map_err(LoopError::Poll)?;
         let net = Network::new(config, registry, Instant::now())?;
         let tap_fd = tap.as_raw_fd();
@@ -1298,6 +1408,8 @@ impl Driver {
             .register(&mut SourceFd(&sig_fd), SIGNAL, Interest::READABLE)
             .map_err(LoopError::Poll)?;
         Ok(Driver {
+            lifetime,
+            api,
             poll,
             events: Events::with_capacity(1024),
             tap,
@@ -1313,21 +1425,50 @@ impl Driver {
         })
     }
 
+    /// Whether the loop must end before it starts: the child already exited, or the exit fd
+    /// is not open (slirp4netns exits on POLLNVAL too).
+    fn initial_ending(&mut self) -> Option<Ending> {
+        match &self.lifetime {
+            Lifetime::Child(pid) => reap(*pid).map(Ending::Child),
+            Lifetime::ExitFd(Some(fd)) => {
+                let open = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFD).is_ok();
+                (!open).then_some(Ending::ExitFd)
+            }
+            Lifetime::ExitFd(None) => None,
+        }
+    }
+
+    /// After the guest command exited: carry on until what the guest sent has reached the
+    /// host, the TAP has been quiet for [`DRAIN_QUIET`], or [`DRAIN_LIMIT`] passed.
+    fn drain(&mut self) -> Result<(), LoopError> {
+        self.exiting = true;
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        loop {
+            let now = Instant::now();
+            // The guest's kernel goes on sending what a closed socket still held.
+            let quiet = now.saturating_duration_since(self.last_frame) >= DRAIN_QUIET;
+            if now >= deadline || (quiet && self.net.is_drained()) {
+                return Ok(());
+            }
+            self.turn(Some(Duration::from_millis(10)))?;
+        }
+    }
+
     /// One wake-up: events, a bounded batch of TAP frames, dirty flows, timers, TAP writes.
-    /// Waits at most `max_wait` (or until the network's next deadline). Returns the child's
-    /// status once it has exited.
-    fn turn(
-        &mut self,
-        child: Pid,
-        max_wait: Option<Duration>,
-    ) -> Result<Option<WaitStatus>, LoopError> {
-        let mut exited = None;
+    /// Waits at most `max_wait` (or until the network's next deadline).
+    fn turn(&mut self, max_wait: Option<Duration>) -> Result<Option<Ending>, LoopError> {
+        let mut ending = None;
         let now = Instant::now();
         let mut timeout = if self.tap_readable && !self.tap_gone {
             Duration::ZERO
         } else {
             self.net.poll_at().saturating_duration_since(now)
         };
+        if let Some(api) = &self.api {
+            if let Some(at) = api.poll_at() {
+                timeout = timeout.min(at.saturating_duration_since(now));
+            }
+        }
         if let Some(max) = max_wait {
             timeout = timeout.min(max);
         }
@@ -1337,31 +1478,38 @@ impl Driver {
             return Err(LoopError::Poll(e));
         }
         let now = Instant::now();
+        let mut api_ready = Vec::new();
+        let mut signalled = false;
         for event in self.events.iter() {
             match event.token() {
                 TAP => {
                     self.tap_readable |= event.is_readable();
                     self.tap_writable |= event.is_writable();
                 }
-                SIGNAL => {
-                    while let Ok(Some(info)) = self.signals.read_signal() {
-                        match Signal::try_from(info.ssi_signo as i32) {
-                            Ok(Signal::SIGCHLD) => exited = exited.or_else(|| reap(child)),
-                            // The terminal sends SIGINT to the command too; wait for it.
-                            Ok(Signal::SIGINT) | Err(_) => {}
-                            Ok(sig) => {
-                                let _ = nix::sys::signal::kill(child, sig);
-                            }
-                        }
-                    }
-                }
+                SIGNAL => signalled = true,
+                EXIT_FD => ending = ending.or(Some(Ending::ExitFd)),
+                API => api_ready.push(None),
+                t if untoken(t).0 == KIND_API => api_ready.push(Some(untoken(t).1)),
                 t => self
                     .net
                     .handle_event(now, t, event.is_readable(), event.is_writable()),
             }
         }
+        if signalled {
+            ending = ending.or(self.signals_arrived());
+        }
+        if let Some(api) = &mut self.api {
+            let registry = self.poll.registry();
+            for which in api_ready {
+                api.ready(registry, which, now, &mut self.net, |i| token(KIND_API, i));
+            }
+            api.expire(registry, now);
+        }
         if self.tap_readable && !self.tap_gone {
-            self.read_tap(now, exited.is_some())?;
+            let exiting = matches!(ending, Some(Ending::Child(_)));
+            if self.read_tap(now, exiting)? && matches!(self.lifetime, Lifetime::ExitFd(_)) {
+                ending = ending.or(Some(Ending::GuestGone));
+            }
         }
         self.net.service_dirty(now);
         self.net.handle_timers(now);
@@ -1370,11 +1518,34 @@ impl Driver {
             self.tap_writable = flush(&self.tap, &mut self.net, self.tap_writable);
         }
         self.net.resume_starved();
-        Ok(exited)
+        Ok(ending)
+    }
+
+    fn signals_arrived(&mut self) -> Option<Ending> {
+        let mut ending = None;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match (&self.lifetime, sig) {
+                (Lifetime::Child(pid), Signal::SIGCHLD) => {
+                    ending = ending.or_else(|| reap(*pid).map(Ending::Child));
+                }
+                // The terminal sends SIGINT to the command too; wait for it to exit.
+                (Lifetime::Child(_), Signal::SIGINT) => {}
+                (Lifetime::Child(pid), sig) => {
+                    let _ = nix::sys::signal::kill(*pid, sig);
+                }
+                (Lifetime::ExitFd(_), Signal::SIGCHLD) => {}
+                (Lifetime::ExitFd(_), sig) => ending = ending.or(Some(Ending::Signal(sig))),
+            }
+        }
+        ending
     }
 
     /// Reads a bounded batch of frames, so host sockets get their turn under a guest flood.
-    fn read_tap(&mut self, now: Instant, exiting: bool) -> Result<(), LoopError> {
+    /// Returns whether the TAP is gone.
+    fn read_tap(&mut self, now: Instant, exiting: bool) -> Result<bool, LoopError> {
         for _ in 0..256 {
             match nix::unistd::read(self.tap.as_fd(), &mut self.frame) {
                 Ok(n) if n > self.header => {
@@ -1384,19 +1555,21 @@ impl Driver {
                 Ok(_) => self.net.stats.drop(DropReason::Malformed),
                 Err(nix::errno::Errno::EAGAIN) => {
                     self.tap_readable = false;
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(nix::errno::Errno::EINTR) => {}
                 // Once the guest is gone its namespace, and the TAP with it, may go too.
-                Err(e) if exiting || self.exiting => {
+                Err(e)
+                    if exiting || self.exiting || matches!(self.lifetime, Lifetime::ExitFd(_)) =>
+                {
                     log::debug!("the TAP is gone: {e}");
                     self.tap_gone = true;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(e) => return Err(LoopError::Tap(e.into())),
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
@@ -1408,12 +1581,10 @@ fn flush(tap: &OwnedFd, net: &mut Network, writable: bool) -> bool {
     while let Some(buf) = net.tx.front() {
         match nix::unistd::write(tap.as_fd(), buf) {
             Ok(_) => {
-                let len = buf.len();
-                let frame = net.tx.strip_header(buf).to_vec();
                 net.stats.frames_out += 1;
-                net.stats.bytes_out += len as u64;
-                if net.pcap.is_some() {
-                    net.capture(&frame);
+                net.stats.bytes_out += buf.len() as u64;
+                if let Some(pcap) = &mut net.pcap {
+                    pcap.write(wall_clock(), net.tx.strip_header(buf));
                 }
                 net.tx.pop_front();
             }
@@ -1426,6 +1597,13 @@ fn flush(tap: &OwnedFd, net: &mut Network, writable: bool) -> bool {
         }
     }
     true
+}
+
+/// Capture timestamps: time since the Unix epoch.
+fn wall_clock() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 fn reap(child: Pid) -> Option<WaitStatus> {
@@ -1459,6 +1637,7 @@ mod test {
             vnet_hdr: false,
             nameservers: vec![],
             host_addrs: vec![],
+            outbound: (None, None),
             pcap: None,
         };
         let net = Network::new(
@@ -1572,7 +1751,10 @@ mod test {
         assert!(net.tcp.is_empty());
         // Two minutes later smoltcp's neighbour cache has expired; the reset still goes out
         // at once rather than after an ARP round.
-        net.handle_frame(Instant::now() + Duration::from_secs(120), &syn([10, 0, 2, 50], 81));
+        net.handle_frame(
+            Instant::now() + Duration::from_secs(120),
+            &syn([10, 0, 2, 50], 81),
+        );
         let out = sent(&mut net);
         assert_eq!(out.len(), 1);
         assert_eq!(tcp_flags(&out[0]), Some((false, true)));

@@ -1,18 +1,30 @@
+use std::ffi::OsString;
+use std::path::Path;
+
 use clap::Parser;
 
 use tapir::cli::{Cli, Command};
 
 fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // Installed (or symlinked) as `slirp4netns`, or run as `tapir slirp4netns ...`: take
+    // slirp4netns's command line as it is, so its clients need not know about tapir.
+    let invoked_as = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("tapir");
+    if invoked_as == "slirp4netns" {
+        init_logging(0);
+        std::process::exit(tapir::commands::slirp4netns::main(&args[1..]));
+    }
+    if args.get(1).is_some_and(|a| a == "slirp4netns") {
+        init_logging(0);
+        std::process::exit(tapir::commands::slirp4netns::main(&args[2..]));
+    }
+
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_target(false)
-        .init();
+    init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => tapir::commands::run::run(args),
     };
@@ -23,4 +35,17 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     }
+}
+
+/// Logs on stderr: `-v` counts, `RUST_LOG` overrides.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
 }

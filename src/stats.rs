@@ -57,6 +57,26 @@ impl DropReason {
         DropReason::Dns,
     ];
 
+    /// A snake_case name for counters in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "drop_malformed",
+            DropReason::Unsupported => "drop_unsupported",
+            DropReason::Fragment => "drop_fragment",
+            DropReason::ArpNotOurs => "drop_arp_not_ours",
+            DropReason::Spoofed => "drop_spoofed",
+            DropReason::Refused => "drop_refused",
+            DropReason::NoFlow => "drop_no_flow",
+            DropReason::TcpFlowLimit => "limit_tcp_flows",
+            DropReason::TcpPendingLimit => "limit_tcp_pending",
+            DropReason::UdpFlowLimit => "limit_udp_flows",
+            DropReason::IcmpFlowLimit => "limit_icmp_flows",
+            DropReason::TxQueueFull => "limit_tx_queue",
+            DropReason::HostSocket => "drop_host_socket",
+            DropReason::Dns => "drop_dns",
+        }
+    }
+
     fn index(self) -> usize {
         DropReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }

@@ -21,3 +21,4 @@
 //! socket belong to the caller.
 
 pub mod proto;
+pub mod server;

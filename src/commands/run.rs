@@ -2,8 +2,6 @@
 //! this process (still in the caller's network namespace) carries the TAP's traffic until the
 //! command exits, then exits with its status.
 
-use std::net::IpAddr;
-
 use crate::cli::RunArgs;
 use crate::config::{AddressPlan, ConfigError, Limits, check_mtu};
 use crate::error::Error;
@@ -34,7 +32,8 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         forwards: args.publish,
         vnet_hdr: true,
         nameservers,
-        host_addrs: host_addresses(),
+        host_addrs: super::host_addresses(),
+        outbound: (None, None),
         pcap: args.pcap,
     };
     // Large flow buffers come from mmap, so an idle flow costs only the pages it touched.
@@ -52,19 +51,4 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     let guest = namespace::spawn(&command, &tap)?;
     let status = event_loop::run(guest.tap, guest.pid, &config)?;
     Ok(namespace::wait_status_code(status))
-}
-
-/// The host's own interface addresses: with host loopback disabled they are refused too.
-fn host_addresses() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    addrs
-        .filter_map(|a| a.address)
-        .filter_map(|a| {
-            a.as_sockaddr_in()
-                .map(|s| IpAddr::V4(s.ip()))
-                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-        })
-        .collect()
 }

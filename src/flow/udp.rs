@@ -33,13 +33,17 @@ impl UdpFlow {
     }
 }
 
-/// A non-blocking UDP socket connected to `dst`.
-pub fn connect(dst: SocketAddr) -> io::Result<mio::net::UdpSocket> {
+/// A non-blocking UDP socket connected to `dst`, from `source` (`--outbound-addr`) when
+/// given and of the same family.
+pub fn connect(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::net::UdpSocket> {
     let any: IpAddr = match dst {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     };
-    let socket = mio::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+    let local = source
+        .filter(|s| s.is_ipv4() == dst.is_ipv4())
+        .unwrap_or(any);
+    let socket = mio::net::UdpSocket::bind(SocketAddr::new(local, 0))?;
     socket.connect(dst)?;
     Ok(socket)
 }

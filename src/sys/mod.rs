@@ -149,6 +149,28 @@ pub fn set_malloc_mmap_threshold(bytes: usize) -> bool {
     }
 }
 
+/// Takes ownership of an fd number inherited from the parent process (slirp4netns's
+/// `--ready-fd`/`--exit-fd`). `None` when no such fd is open.
+pub fn inherited_fd(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the borrow only lives for this fcntl call, which fails harmlessly (EBADF) if
+    // `fd` is not open.
+    let open = nix::fcntl::fcntl(
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .is_ok();
+    if !open {
+        return None;
+    }
+    // SAFETY: the fd is open and was handed to this process by its parent for it to own;
+    // nothing else in tapir refers to it by number.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod test {
     use super::*;

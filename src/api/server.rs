@@ -1,0 +1,257 @@
+//! The API socket's I/O: a unix listener in the event loop, one request per connection.
+//!
+//! slirp4netns's framing: the client connects, writes one JSON request and shuts down its
+//! write side (or just stops: a request is complete at EOF or at [`MAX_REQUEST`] bytes); the
+//! server answers with one JSON object and closes. Unlike slirp4netns, which does one blocking
+//! read while the whole network waits, tapir reads without blocking from the same loop as
+//! everything else, so a slow or stuck client never stalls the data path: it holds one of
+//! [`MAX_CLIENTS`] slots for at most [`CLIENT_TIMEOUT`].
+//!
+//! The socket file is created owner-only (0600) and removed when the server is dropped.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::api::proto::{self, ApiError, HostFwd, Request};
+use crate::forward::spec::PortForward;
+
+/// Requests longer than this are refused (slirp4netns reads at most 4096 bytes).
+pub const MAX_REQUEST: usize = proto::REQUEST_BUFFER_LEN;
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CLIENTS: usize = 16;
+/// A client that has not finished its request by then is dropped.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the API acts on: the running network's forwards and counters.
+pub trait ForwardTable {
+    fn add_forward(&mut self, fwd: PortForward, guest: Option<Ipv4Addr>) -> io::Result<u64>;
+    fn remove_forward(&mut self, id: u64) -> bool;
+    fn forwards(&self) -> Vec<(u64, PortForward, Ipv4Addr)>;
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+}
+
+/// Answers one request (sans-I/O: bytes in, bytes out).
+pub fn respond(table: &mut impl ForwardTable, request: &[u8]) -> Vec<u8> {
+    let request = match proto::parse_request(request) {
+        Ok(r) => r,
+        Err(e) => return proto::error_response(&e),
+    };
+    match request {
+        Request::AddHostfwd(h) => {
+            let guest = match h.guest_addr {
+                None => None,
+                Some(std::net::IpAddr::V4(v4)) => Some(v4),
+                Some(std::net::IpAddr::V6(_)) => {
+                    return proto::error_response(&ApiError::BadGuestAddr);
+                }
+            };
+            let fwd = PortForward {
+                proto: h.proto,
+                host: std::net::SocketAddr::new(h.host_addr, h.host_port),
+                guest_port: h.guest_port,
+            };
+            match table.add_forward(fwd, guest) {
+                Ok(id) => proto::add_response(id),
+                Err(e) => {
+                    log::warn!("add_hostfwd {fwd}: {e}");
+                    proto::error_response(&ApiError::AddFailed)
+                }
+            }
+        }
+        Request::RemoveHostfwd { id } => {
+            if table.remove_forward(id) {
+                proto::remove_response()
+            } else {
+                proto::error_response(&ApiError::RemoveFailed)
+            }
+        }
+        Request::ListHostfwd => {
+            let entries: Vec<(u64, HostFwd)> = table
+                .forwards()
+                .into_iter()
+                .map(|(id, fwd, guest)| {
+                    let h = HostFwd {
+                        proto: fwd.proto,
+                        host_addr: fwd.host.ip(),
+                        host_port: fwd.host.port(),
+                        guest_addr: Some(guest.into()),
+                        guest_port: fwd.guest_port,
+                    };
+                    (id, h)
+                })
+                .collect();
+            proto::list_response(&entries)
+        }
+        Request::Stats => {
+            let counters = table.counters();
+            proto::stats_response(&counters)
+        }
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    request: Vec<u8>,
+    since: Instant,
+}
+
+pub struct ApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+    clients: Slab<Client>,
+}
+
+impl ApiServer {
+    /// Listens on `path` (an old socket file there is replaced, as slirp4netns does).
+    pub fn bind(path: &Path) -> io::Result<ApiServer> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        // Owner-only from the start: bind under a tight umask rather than chmod afterwards.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let listener = UnixListener::bind(path);
+        nix::sys::stat::umask(old);
+        Ok(ApiServer {
+            listener: listener?,
+            path: path.to_path_buf(),
+            clients: Slab::new(),
+        })
+    }
+
+    pub fn register(
+        &mut self,
+        registry: &Registry,
+        listener: Token,
+        _client: impl Fn(usize) -> Token,
+    ) -> io::Result<()> {
+        registry.register(&mut self.listener, listener, Interest::READABLE)
+    }
+
+    /// The next client deadline.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.clients
+            .iter()
+            .map(|(_, c)| c.since + CLIENT_TIMEOUT)
+            .min()
+    }
+
+    /// Readiness of the listener (`None`) or of client `Some(i)`.
+    pub fn ready(
+        &mut self,
+        registry: &Registry,
+        which: Option<usize>,
+        now: Instant,
+        table: &mut impl ForwardTable,
+        client_token: impl Fn(usize) -> Token,
+    ) {
+        // (A client that wrote before it was registered is reported ready on registration.)
+        match which {
+            None => self.accept(registry, now, &client_token),
+            Some(i) => self.read(registry, i, table),
+        }
+    }
+
+    fn accept(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        client_token: &impl Fn(usize) -> Token,
+    ) {
+        while self.clients.len() < MAX_CLIENTS {
+            let mut stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("api: accept: {e}");
+                    return;
+                }
+            };
+            let entry = self.clients.vacant_entry();
+            if registry
+                .register(&mut stream, client_token(entry.key()), Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            entry.insert(Client {
+                stream,
+                request: Vec::new(),
+                since: now,
+            });
+        }
+    }
+
+    fn read(&mut self, registry: &Registry, i: usize, table: &mut impl ForwardTable) {
+        let Some(client) = self.clients.get_mut(i) else {
+            return;
+        };
+        let mut buf = [0u8; 1024];
+        let complete = loop {
+            match client.stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    client.request.extend_from_slice(&buf[..n]);
+                    if client.request.len() >= MAX_REQUEST {
+                        break true;
+                    }
+                }
+                // Clients shut down their write side; one that does not is answered once
+                // what it sent is a whole JSON value, as slirp4netns's single read would.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    break proto::request_is_complete(&client.request);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(registry, i);
+                    return;
+                }
+            }
+        };
+        if !complete {
+            return;
+        }
+        let answer = respond(table, &client.request);
+        log::debug!(
+            "api: {} -> {}",
+            String::from_utf8_lossy(&client.request).trim_end(),
+            String::from_utf8_lossy(&answer)
+        );
+        // The answer is small and the socket buffer empty: one write is enough; a client
+        // that does not read it only loses its own answer.
+        let _ = client.stream.write(&answer);
+        let _ = client.stream.shutdown(std::net::Shutdown::Both);
+        self.close(registry, i);
+    }
+
+    /// Drops clients that took too long.
+    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+        let late: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.since) >= CLIENT_TIMEOUT)
+            .map(|(i, _)| i)
+            .collect();
+        for i in late {
+            self.close(registry, i);
+        }
+    }
+
+    fn close(&mut self, registry: &Registry, i: usize) {
+        if let Some(mut client) = self.clients.try_remove(i) {
+            let _ = registry.deregister(&mut client.stream);
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
