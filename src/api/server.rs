@@ -255,3 +255,98 @@ impl Drop for ApiServer {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// A table that refuses host port 1 (as a bind below 1024 fails for a user).
+    #[derive(Default)]
+    struct Table {
+        next: u64,
+        entries: Vec<(u64, PortForward, Ipv4Addr)>,
+    }
+
+    impl ForwardTable for Table {
+        fn add_forward(&mut self, fwd: PortForward, guest: Option<Ipv4Addr>) -> io::Result<u64> {
+            if fwd.host.port() == 1 {
+                return Err(ErrorKind::PermissionDenied.into());
+            }
+            self.next += 1;
+            let guest = guest.unwrap_or(Ipv4Addr::new(10, 0, 2, 100));
+            self.entries.push((self.next, fwd, guest));
+            Ok(self.next)
+        }
+        fn remove_forward(&mut self, id: u64) -> bool {
+            let before = self.entries.len();
+            self.entries.retain(|e| e.0 != id);
+            self.entries.len() != before
+        }
+        fn forwards(&self) -> Vec<(u64, PortForward, Ipv4Addr)> {
+            self.entries.clone()
+        }
+        fn counters(&self) -> Vec<(&'static str, u64)> {
+            vec![("tcp_open", 3)]
+        }
+    }
+
+    fn ask(table: &mut Table, request: &str) -> String {
+        String::from_utf8(respond(table, request.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn podman_adds_lists_and_removes() {
+        let mut t = Table::default();
+        let add = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"","guest_port":80}}
+"#;
+        assert_eq!(ask(&mut t, add), r#"{"return":{"id":1}}"#);
+        let list = ask(&mut t, r#"{"execute":"list_hostfwd"}"#);
+        assert!(
+            list.contains(r#""host_port":8080,"guest_addr":"10.0.2.100","guest_port":80"#),
+            "{list}"
+        );
+        assert_eq!(
+            ask(
+                &mut t,
+                r#"{"execute":"remove_hostfwd","arguments":{"id":1}}"#
+            ),
+            r#"{"return":{}}"#
+        );
+        assert_eq!(
+            ask(
+                &mut t,
+                r#"{"execute":"remove_hostfwd","arguments":{"id":1}}"#
+            ),
+            r#"{"error":{"desc":"bad request: remove_hostfwd: slirp_remove_hostfwd failed"}}"#
+        );
+    }
+
+    #[test]
+    fn a_failed_bind_is_slirp4netns_add_failure() {
+        let mut t = Table::default();
+        let add = r#"{"execute":"add_hostfwd","arguments":{"proto":"udp","host_port":1,"guest_port":53}}"#;
+        assert_eq!(
+            ask(&mut t, add),
+            r#"{"error":{"desc":"bad request: add_hostfwd: slirp_add_hostfwd failed"}}"#
+        );
+    }
+
+    #[test]
+    fn rootlesskit_guest_address_is_kept() {
+        let mut t = Table::default();
+        let add = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":18080,"guest_addr":"10.0.2.100","guest_port":80}}"#;
+        assert_eq!(ask(&mut t, add), r#"{"return":{"id":1}}"#);
+        assert_eq!(t.entries[0].2, Ipv4Addr::new(10, 0, 2, 100));
+        let v6 = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":18081,"guest_addr":"fd00::100","guest_port":80}}"#;
+        assert!(ask(&mut t, v6).contains("bad arguments.guest_addr"));
+    }
+
+    #[test]
+    fn stats_are_served() {
+        let mut t = Table::default();
+        assert_eq!(
+            ask(&mut t, r#"{"execute":"stats"}"#),
+            r#"{"return":{"tcp_open":3}}"#
+        );
+    }
+}
