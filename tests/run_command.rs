@@ -89,3 +89,39 @@ check_match "data segments from 10.0.2.2:8080 in the capture" "$(frames "$data")
 "#,
         );
 }
+
+/// The environment failures a user meets first: each is one sentence naming the cause, exit
+/// status 125, the command never runs, and no process or TAP is left behind.
+#[test]
+fn environment_failures_are_one_sentence() {
+    World::tapir("environment_failures").run_ok(
+        r#"
+# No access to /dev/net/tun (the machine's own node is not touched: this is the world's).
+chmod 0600 "$W/dev/tun"
+rc=0
+err=$(tapir_run -- sh -c 'echo ran > "$W/tmp/ran1"' 2>&1 >/dev/null) || rc=$?
+chmod 0666 "$W/dev/tun"
+check_eq "exit status without /dev/net/tun access" "$rc" 125
+check_match "the sentence for /dev/net/tun" "$err" '^tapir: cannot open /dev/net/tun: permission denied'
+check_eq "lines on stderr" "$(printf '%s\n' "$err" | wc -l)" 1
+check_eq "the command ran" "$(cat "$W/tmp/ran1" 2>/dev/null || echo no)" no
+
+# User namespaces disabled: a user namespace of the world's own, with no room for more.
+rc=0
+err=$(as_user unshare --user --map-root-user sh -c '
+    echo 0 > /proc/sys/user/max_user_namespaces && exec "$0" run -- true' "$TAPIR" 2>&1) || rc=$?
+check_eq "exit status without user namespaces" "$rc" 125
+check_match "the sentence for user namespaces" "$err" '^tapir: cannot create a user namespace: '
+check_eq "lines on stderr" "$(printf '%s\n' "$err" | wc -l)" 1
+
+# A command that does not exist.
+rc=0
+err=$(tapir_run -- /nonexistent/command 2>&1) || rc=$?
+check_eq "exit status for a missing command" "$rc" 125
+check_match "the sentence for a missing command" "$err" '^tapir: cannot run /nonexistent/command: no such file or directory'
+
+# Nothing left: no tapir process, no TAP in this namespace.
+check_eq "tapir processes left" "$(pgrep -c -x tapir || true)" 0
+"#,
+    );
+}
