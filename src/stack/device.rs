@@ -89,9 +89,13 @@ pub fn capabilities(mtu: usize, vnet_hdr: bool) -> DeviceCapabilities {
 
 /// Frames waiting to be written to the TAP, each with room for the vnet header in front.
 /// Bounded: when full, the stack is told the device is busy and retries later.
+///
+/// Buffers are recycled and never shrink: a frame is the first `len` bytes of its buffer, so
+/// a reused buffer is not zeroed again (zeroing 64 KiB per TSO frame cost 12 % of the
+/// host→guest path). smoltcp writes every byte of the frames it emits.
 #[derive(Debug)]
 pub struct TxQueue {
-    frames: VecDeque<Vec<u8>>,
+    frames: VecDeque<(Vec<u8>, usize)>,
     spare: Vec<Vec<u8>>,
     limit: usize,
     vnet_hdr: bool,
@@ -139,15 +143,15 @@ impl TxQueue {
             return None;
         }
         let hl = self.header_len();
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.resize(hl + len, 0);
-        let r = fill(&mut buf[hl..]);
-        let hdr = finish_tcp(&mut buf[hl..], meta, self.vnet_hdr);
+        let total = hl + len;
+        let mut buf = self.buffer(total);
+        let frame = &mut buf[hl..total];
+        let r = fill(frame);
+        let hdr = finish_tcp(frame, meta, self.vnet_hdr);
         if self.vnet_hdr {
             hdr.emit(&mut buf[..VNET_HDR_LEN]);
         }
-        self.frames.push_back(buf);
+        self.frames.push_back((buf, total));
         Some(r)
     }
 
@@ -158,22 +162,31 @@ impl TxQueue {
             return false;
         }
         let hl = self.header_len();
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.resize(hl, 0);
-        buf.extend_from_slice(frame);
-        self.frames.push_back(buf);
+        let total = hl + frame.len();
+        let mut buf = self.buffer(total);
+        buf[..hl].fill(0);
+        buf[hl..total].copy_from_slice(frame);
+        self.frames.push_back((buf, total));
         true
+    }
+
+    /// A buffer of at least `len` bytes, recycled when possible.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf
     }
 
     /// The next frame to write, vnet header included.
     pub fn front(&self) -> Option<&[u8]> {
-        self.frames.front().map(Vec::as_slice)
+        self.frames.front().map(|(buf, len)| &buf[..*len])
     }
 
     /// Drops the frame `front` returned, keeping its buffer for reuse.
     pub fn pop_front(&mut self) {
-        if let Some(buf) = self.frames.pop_front() {
+        if let Some((buf, _)) = self.frames.pop_front() {
             // Keep a few buffers; more would only pin memory after a burst.
             if self.spare.len() < 64 {
                 self.spare.push(buf);
