@@ -1572,7 +1572,10 @@ mod test {
         assert!(net.tcp.is_empty());
         // Two minutes later smoltcp's neighbour cache has expired; the reset still goes out
         // at once rather than after an ARP round.
-        net.handle_frame(Instant::now() + Duration::from_secs(120), &syn([10, 0, 2, 50], 81));
+        net.handle_frame(
+            Instant::now() + Duration::from_secs(120),
+            &syn([10, 0, 2, 50], 81),
+        );
         let out = sent(&mut net);
         assert_eq!(out.len(), 1);
         assert_eq!(tcp_flags(&out[0]), Some((false, true)));
