@@ -1,2 +1,3 @@
-//! Virtual services the guest talks to: the DNS forwarder.
+//! Virtual services the guest talks to: the DNS forwarder and the DHCP server.
+pub mod dhcp;
 pub mod dns;
