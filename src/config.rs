@@ -4,8 +4,13 @@
 //! the DNS forwarder network+3 and the guest network+100. The gateway stands for the host's
 //! loopback unless host loopback is disabled. Everything here is plain data; nothing touches
 //! the system.
+//!
+//! IPv6 (slirp4netns `-6`) has no flag to choose addresses: the prefix is always fd00::/64, the
+//! router fd00::2 (and fe80::2 on the link), the DNS forwarder fd00::3. The guest is not given
+//! an address; it forms one by SLAAC from tapir's router advertisements, so [`Ipv6Plan`] only
+//! knows the prefix it must lie in.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// A user-supplied `--cidr` that cannot be used.
@@ -87,6 +92,74 @@ impl AddressPlan {
     pub fn virtual_mac(ip: Ipv4Addr) -> [u8; 6] {
         let o = ip.octets();
         [0x52, 0x55, o[0], o[1], o[2], o[3]]
+    }
+}
+
+/// Length of the IPv6 prefix: SLAAC (RFC 4862 section 5.5.3) needs exactly 64 bits.
+pub const IPV6_PREFIX_LEN: u8 = 64;
+
+/// The guest-visible IPv6 addresses, fixed as in slirp4netns `-6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Plan {
+    /// The /64 the guest autoconfigures its address in (`fd00::`).
+    pub prefix: Ipv6Addr,
+    /// The router, inside the prefix (`fd00::2`).
+    pub gateway: Ipv6Addr,
+    /// The router's link-local address (`fe80::2`): router advertisements come from it, and
+    /// the guest's default route points at it.
+    pub gateway_link_local: Ipv6Addr,
+    /// The DNS forwarder (`fd00::3`).
+    pub dns: Ipv6Addr,
+    /// The MAC tapir answers neighbour solicitations for all three addresses with, and sends
+    /// its IPv6 frames from (slirp4netns: `52:56:00:00:00:02`).
+    pub mac: [u8; 6],
+}
+
+impl Default for Ipv6Plan {
+    fn default() -> Self {
+        let gateway_link_local = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+        Ipv6Plan {
+            prefix: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
+            gateway: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+            gateway_link_local,
+            dns: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3),
+            mac: Ipv6Plan::virtual_mac(gateway_link_local),
+        }
+    }
+}
+
+impl Ipv6Plan {
+    /// Whether `ip` lies inside the guest's /64.
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        ip.segments()[..4] == self.prefix.segments()[..4]
+    }
+
+    /// Whether `ip` is in fe80::/64, where the guest's link-local address lives.
+    pub fn is_link_local(ip: Ipv6Addr) -> bool {
+        ip.segments()[..4] == [0xfe80, 0, 0, 0]
+    }
+
+    /// Whether `ip` is a source address the guest may use: one in the prefix or on the link,
+    /// but none of tapir's own.
+    pub fn is_guest_source(&self, ip: Ipv6Addr) -> bool {
+        (self.contains(ip) || Ipv6Plan::is_link_local(ip)) && !self.is_virtual_host(ip)
+    }
+
+    /// Whether tapir answers for `ip` on the link (neighbour discovery, ping).
+    pub fn is_virtual_host(&self, ip: Ipv6Addr) -> bool {
+        ip == self.gateway || ip == self.gateway_link_local || ip == self.dns
+    }
+
+    /// Whether `ip` is one of the router's two addresses.
+    pub fn is_gateway(&self, ip: Ipv6Addr) -> bool {
+        ip == self.gateway || ip == self.gateway_link_local
+    }
+
+    /// slirp4netns's MAC for a virtual IPv6 host: `52:56` followed by the address's last four
+    /// bytes (libslirp `in6_compute_ethaddr`).
+    pub fn virtual_mac(ip: Ipv6Addr) -> [u8; 6] {
+        let o = ip.octets();
+        [0x52, 0x56, o[12], o[13], o[14], o[15]]
     }
 }
 
@@ -201,6 +274,26 @@ mod test {
             AddressPlan::virtual_mac(Ipv4Addr::new(10, 0, 2, 2)),
             [0x52, 0x55, 10, 0, 2, 2]
         );
+    }
+
+    #[test]
+    fn ipv6_plan_matches_slirp4netns() {
+        let p = Ipv6Plan::default();
+        assert_eq!(p.gateway, "fd00::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(p.gateway_link_local, "fe80::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(p.dns, "fd00::3".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(p.mac, [0x52, 0x56, 0, 0, 0, 2]);
+        let slaac: Ipv6Addr = "fd00::5054:ff:fe12:3456".parse().unwrap();
+        let link_local: Ipv6Addr = "fe80::5054:ff:fe12:3456".parse().unwrap();
+        assert!(p.is_guest_source(slaac));
+        assert!(p.is_guest_source(link_local));
+        assert!(!p.is_guest_source("fd00:0:0:1::5".parse().unwrap()));
+        assert!(!p.is_guest_source("fe80:1::5".parse().unwrap()));
+        assert!(!p.is_guest_source("2001:db8::1".parse().unwrap()));
+        assert!(!p.is_guest_source(p.dns));
+        assert!(!p.is_guest_source(p.gateway_link_local));
+        assert!(!p.is_guest_source(Ipv6Addr::UNSPECIFIED));
+        assert!(p.is_virtual_host(p.dns) && !p.is_gateway(p.dns));
     }
 
     #[test]

@@ -411,6 +411,12 @@ impl Network {
                 seq_no,
                 data,
             } => self.guest_echo(now, frame, src, dst, ident, seq_no, data),
+            // Not wired yet: the DHCP server (service::dhcp) and IPv6 (classify_with_ipv6,
+            // whose variants plain classify never returns).
+            GuestFrame::Dhcp { .. }
+            | GuestFrame::EchoRequestV6 { .. }
+            | GuestFrame::RouterSolicitation
+            | GuestFrame::NeighborSolicitation { .. } => self.stats.drop(DropReason::Unsupported),
         }
     }
 

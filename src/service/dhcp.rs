@@ -1,0 +1,715 @@
+//! A DHCPv4 server for the guest (RFC 2131), sans-I/O: client message in, reply out.
+//!
+//! The event loop hands over the UDP payload of every datagram a client sends to port 67,
+//! with the frame's source MAC, and sends back what [`DhcpServer::handle`] returns: a UDP
+//! datagram from the gateway, port 67, to port 68 of [`Reply::to`], in an Ethernet frame to
+//! the client's MAC. `to` is the limited broadcast 255.255.255.255, except for a client that
+//! already has its address (`ciaddr` set: renewing, or asking by DHCPINFORM) which is
+//! answered at that address (RFC 2131 section 4.1): such a client may listen on a socket
+//! bound to it, which a broadcast would not reach. libslirp answers everything by broadcast,
+//! which every client in INIT accepts whatever its broadcast flag says.
+//!
+//! Addresses: the first client MAC is offered the address `--configure` gives the guest
+//! (network+100), so that a DHCP client in the guest and the static configuration agree and
+//! the guest's traffic passes the source check. Further MACs get slirp4netns's range,
+//! network+15 to network+30; a MAC keeps its address as long as nobody else needs it. There
+//! are no timers: a lease (24 hours, as libslirp) or an unanswered offer (a minute) is only
+//! compared with `now` when an address is looked for. A released lease stays reserved for its
+//! MAC until every never-used address is gone; a declined address is set aside for ten
+//! minutes.
+//!
+//! Options sent: message type (53), server identifier (54) = gateway, subnet mask (1),
+//! router (3) = gateway, DNS (6) = the DNS forwarder, lease time (51) and interface MTU (26).
+//! Not done: BOOTP clients without a message type, relay agents, option overload, and
+//! client identifiers other than an Ethernet address (smoltcp's parser rejects a 7-byte one
+//! of another hardware type; longer ones, such as systemd-networkd's DUIDs, are ignored and
+//! the MAC is used). Messages the server cannot parse get no answer.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
+
+use crate::config::AddressPlan;
+
+/// How long a bound address is the client's (libslirp: 24 hours).
+const LEASE_SECS: u32 = 24 * 3600;
+pub const LEASE_TIME: Duration = Duration::from_secs(LEASE_SECS as u64);
+/// How long an offered address waits for the client's DHCPREQUEST.
+const OFFER_HOLD: Duration = Duration::from_secs(60);
+/// How long an address a client declined (found in use) is not offered again.
+const DECLINE_HOLD: Duration = Duration::from_secs(600);
+/// slirp4netns's dynamic range: network+15, 16 addresses.
+const POOL_START: u32 = 15;
+const POOL_SIZE: u32 = 16;
+/// RFC 1542 section 3.3: some BOOTP relays and clients drop messages shorter than this.
+const BOOTP_MIN_LEN: usize = 300;
+const OPTION_DNS: u8 = 6;
+const OPTION_MTU: u8 = 26;
+const OPTION_MESSAGE: u8 = 56;
+const NAK_MESSAGE: &[u8] = b"requested address not available";
+
+/// A reply to send from the gateway's port 67 to port 68 of `to`, in a frame to the client's
+/// MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The UDP payload.
+    pub payload: Vec<u8>,
+    /// 255.255.255.255, or the client's own address when it already has one.
+    pub to: Ipv4Addr,
+}
+
+/// Who may use an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// Never handed out.
+    Nobody,
+    /// Offered to or leased by `mac` until `until`; after that, the first to be given back to
+    /// `mac`, and the last to be given to another.
+    Client { mac: [u8; 6], until: Instant },
+    /// A client found it in use (DHCPDECLINE).
+    Declined { until: Instant },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    addr: Ipv4Addr,
+    holder: Holder,
+}
+
+impl Slot {
+    fn held_by(&self, mac: [u8; 6]) -> bool {
+        matches!(self.holder, Holder::Client { mac: m, .. } if m == mac)
+    }
+
+    /// Whether `mac` may be given this address now.
+    fn available_to(&self, mac: [u8; 6], now: Instant) -> bool {
+        match self.holder {
+            Holder::Nobody => true,
+            Holder::Client { mac: m, until } => m == mac || until <= now,
+            Holder::Declined { until } => until <= now,
+        }
+    }
+}
+
+/// The guest's DHCP server: the address plan, the MTU to announce, and who holds which
+/// address.
+#[derive(Debug, Clone)]
+pub struct DhcpServer {
+    plan: AddressPlan,
+    mtu: u16,
+    /// The configured guest address first, then the dynamic range.
+    slots: Vec<Slot>,
+    /// Running out of addresses is logged once, not per DISCOVER.
+    exhaustion_logged: bool,
+}
+
+impl DhcpServer {
+    pub fn new(plan: AddressPlan, mtu: u32) -> DhcpServer {
+        let base = u32::from(plan.network);
+        let pool = (POOL_START..POOL_START + POOL_SIZE).map(|i| Ipv4Addr::from(base + i));
+        let slots = std::iter::once(plan.guest)
+            .chain(pool.filter(|addr| *addr != plan.guest))
+            .map(|addr| Slot {
+                addr,
+                holder: Holder::Nobody,
+            })
+            .collect();
+        DhcpServer {
+            plan,
+            mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
+            slots,
+            exhaustion_logged: false,
+        }
+    }
+
+    /// Handles one client message (the UDP payload sent to port 67 from `client_mac`) and
+    /// returns the reply, if one is due.
+    pub fn handle(&mut self, now: Instant, client_mac: [u8; 6], request: &[u8]) -> Option<Reply> {
+        let Ok(packet) = DhcpPacket::new_checked(request) else {
+            log::debug!("dhcp: {} bytes, too short", request.len());
+            return None;
+        };
+        let Ok(repr) = DhcpRepr::parse(&packet) else {
+            log::debug!("dhcp: unparsable message from {}", mac_str(client_mac));
+            return None;
+        };
+        match repr.message_type {
+            DhcpMessageType::Discover => self.discover(now, client_mac, &repr),
+            DhcpMessageType::Request => self.request(now, client_mac, &repr),
+            DhcpMessageType::Decline => {
+                self.decline(now, client_mac, &repr);
+                None
+            }
+            DhcpMessageType::Release => {
+                self.release(now, client_mac, &repr);
+                None
+            }
+            DhcpMessageType::Inform => self.inform(&repr),
+            _ => None,
+        }
+    }
+
+    /// DHCPDISCOVER: offer the client's address, the one it asks for if it may have it, or a
+    /// new one.
+    fn discover(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) -> Option<Reply> {
+        let asked = req
+            .requested_ip
+            .and_then(|ip| self.slot_of(ip))
+            .filter(|&i| self.slots[i].available_to(mac, now));
+        let Some(i) = asked.or_else(|| self.allocate(mac, now)) else {
+            if !std::mem::replace(&mut self.exhaustion_logged, true) {
+                log::warn!("dhcp: no address left for {} (logged once)", mac_str(mac));
+            }
+            return None;
+        };
+        let until = match self.slots[i].holder {
+            Holder::Client { mac: m, until } if m == mac => until.max(now + OFFER_HOLD),
+            _ => now + OFFER_HOLD,
+        };
+        self.hold(i, mac, until);
+        let addr = self.slots[i].addr;
+        log::debug!("dhcp: offering {addr} to {}", mac_str(mac));
+        self.reply(req, DhcpMessageType::Offer, addr, Ipv4Addr::BROADCAST)
+    }
+
+    /// DHCPREQUEST: acknowledge the address the client asks for (selected from an offer, asked
+    /// for again after a reboot, or renewed) if it may have it, refuse it otherwise.
+    fn request(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) -> Option<Reply> {
+        if let Some(server) = req.server_identifier
+            && server != self.plan.gateway
+        {
+            // The client took another server's offer; ours lapses on its own.
+            return None;
+        }
+        let renewing = !req.client_ip.is_unspecified();
+        let asked = req.requested_ip.or(renewing.then_some(req.client_ip))?;
+        let selecting = req.server_identifier.is_some();
+        let granted = self.slot_of(asked).filter(|&i| {
+            let slot = &self.slots[i];
+            // Having selected our offer, the client must still hold it.
+            if selecting {
+                slot.held_by(mac)
+            } else {
+                slot.available_to(mac, now)
+            }
+        });
+        let Some(i) = granted else {
+            log::debug!("dhcp: refusing {asked} to {}", mac_str(mac));
+            return self.nak(req);
+        };
+        self.hold(i, mac, now + LEASE_TIME);
+        log::debug!("dhcp: leased {asked} to {}", mac_str(mac));
+        let to = if renewing {
+            req.client_ip
+        } else {
+            Ipv4Addr::BROADCAST
+        };
+        self.reply(req, DhcpMessageType::Ack, asked, to)
+    }
+
+    /// DHCPDECLINE: the client found the address in use; set it aside.
+    fn decline(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) {
+        let Some(i) = req.requested_ip.and_then(|ip| self.slot_of(ip)) else {
+            return;
+        };
+        if self.slots[i].held_by(mac) {
+            log::debug!("dhcp: {} declined {}", mac_str(mac), self.slots[i].addr);
+            self.slots[i].holder = Holder::Declined {
+                until: now + DECLINE_HOLD,
+            };
+        }
+    }
+
+    /// DHCPRELEASE: the lease ends now, but the address stays the client's first choice.
+    fn release(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) {
+        let Some(i) = self.slot_of(req.client_ip) else {
+            return;
+        };
+        if self.slots[i].held_by(mac) {
+            log::debug!("dhcp: {} released {}", mac_str(mac), req.client_ip);
+            self.slots[i].holder = Holder::Client { mac, until: now };
+        }
+    }
+
+    /// DHCPINFORM: the client has an address and wants the rest of the configuration.
+    fn inform(&self, req: &DhcpRepr) -> Option<Reply> {
+        let to = if req.client_ip.is_unspecified() {
+            Ipv4Addr::BROADCAST
+        } else {
+            req.client_ip
+        };
+        self.reply(req, DhcpMessageType::Ack, Ipv4Addr::UNSPECIFIED, to)
+    }
+
+    fn slot_of(&self, addr: Ipv4Addr) -> Option<usize> {
+        self.slots.iter().position(|s| s.addr == addr)
+    }
+
+    /// The address for `mac`: the one it had, else one never handed out, else one whose
+    /// holder's time is up.
+    fn allocate(&self, mac: [u8; 6], now: Instant) -> Option<usize> {
+        let slots = &self.slots;
+        slots
+            .iter()
+            .position(|s| s.held_by(mac))
+            .or_else(|| slots.iter().position(|s| s.holder == Holder::Nobody))
+            .or_else(|| slots.iter().position(|s| s.available_to(mac, now)))
+    }
+
+    /// Gives slot `i` to `mac` until `until`; any other address it held goes back.
+    fn hold(&mut self, i: usize, mac: [u8; 6], until: Instant) {
+        for (j, slot) in self.slots.iter_mut().enumerate() {
+            if j != i && slot.held_by(mac) {
+                slot.holder = Holder::Nobody;
+            }
+        }
+        self.slots[i].holder = Holder::Client { mac, until };
+    }
+
+    /// DHCPOFFER or DHCPACK with the whole configuration; `addr` is unspecified for the
+    /// answer to DHCPINFORM, which carries no lease.
+    fn reply(
+        &self,
+        req: &DhcpRepr,
+        message_type: DhcpMessageType,
+        addr: Ipv4Addr,
+        to: Ipv4Addr,
+    ) -> Option<Reply> {
+        let dns = self.plan.dns.octets();
+        let mtu = self.mtu.to_be_bytes();
+        let options = [
+            DhcpOption {
+                kind: OPTION_DNS,
+                data: &dns,
+            },
+            DhcpOption {
+                kind: OPTION_MTU,
+                data: &mtu,
+            },
+        ];
+        let leased = !addr.is_unspecified();
+        let repr = DhcpRepr {
+            your_ip: addr,
+            router: Some(self.plan.gateway),
+            subnet_mask: Some(self.plan.netmask()),
+            lease_duration: leased.then_some(LEASE_SECS),
+            additional_options: &options,
+            ..self.reply_header(req, message_type)
+        };
+        emit(&repr, to)
+    }
+
+    /// DHCPNAK: no address and no configuration, by broadcast (RFC 2131 section 4.3.2).
+    fn nak(&self, req: &DhcpRepr) -> Option<Reply> {
+        let options = [DhcpOption {
+            kind: OPTION_MESSAGE,
+            data: NAK_MESSAGE,
+        }];
+        let repr = DhcpRepr {
+            additional_options: &options,
+            ..self.reply_header(req, DhcpMessageType::Nak)
+        };
+        emit(&repr, Ipv4Addr::BROADCAST)
+    }
+
+    /// The fields every reply copies from the request (RFC 2131 table 3), and the server
+    /// identifier.
+    fn reply_header<'a>(&self, req: &DhcpRepr<'a>, message_type: DhcpMessageType) -> DhcpRepr<'a> {
+        DhcpRepr {
+            message_type,
+            transaction_id: req.transaction_id,
+            secs: 0,
+            client_hardware_address: req.client_hardware_address,
+            client_ip: if message_type == DhcpMessageType::Nak {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                req.client_ip
+            },
+            your_ip: Ipv4Addr::UNSPECIFIED,
+            server_ip: Ipv4Addr::UNSPECIFIED,
+            router: None,
+            subnet_mask: None,
+            relay_agent_ip: req.relay_agent_ip,
+            broadcast: req.broadcast,
+            requested_ip: None,
+            // RFC 6842: the client identifier comes back.
+            client_identifier: req.client_identifier,
+            server_identifier: Some(self.plan.gateway),
+            parameter_request_list: None,
+            dns_servers: None,
+            max_size: None,
+            lease_duration: None,
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: &[],
+        }
+    }
+}
+
+fn emit(repr: &DhcpRepr, to: Ipv4Addr) -> Option<Reply> {
+    let mut payload = vec![0; repr.buffer_len().max(BOOTP_MIN_LEN)];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
+        .ok()?;
+    Some(Reply { payload, to })
+}
+
+fn mac_str(mac: [u8; 6]) -> String {
+    smoltcp::wire::EthernetAddress(mac).to_string()
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const MAC_A: [u8; 6] = [0x00, 0x0b, 0x82, 0x01, 0xfc, 0x42];
+    const MAC_B: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+    /// A BOOTP request: the 28 fixed bytes before chaddr (op 1, htype 1, hlen 6, hops, xid,
+    /// secs, flags, ciaddr, yiaddr, siaddr, giaddr), chaddr, empty sname and file, the magic
+    /// cookie and the options.
+    fn bootp(head: [u8; 28], chaddr: [u8; 6], options: &[u8]) -> Vec<u8> {
+        let mut m = head.to_vec();
+        m.extend(chaddr);
+        m.extend([0; 10 + 64 + 128]);
+        m.extend([0x63, 0x82, 0x53, 0x63]);
+        m.extend(options);
+        m
+    }
+
+    /// The DHCPDISCOVER of Wireshark's `dhcp.pcap` sample capture: xid 0x00003d1d, client
+    /// identifier, "requested" 0.0.0.0, parameter request list 1, 3, 6, 42; padded to 272.
+    fn discover() -> Vec<u8> {
+        let mut m = bootp(
+            [
+                1, 1, 6, 0, 0x00, 0x00, 0x3d, 0x1d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, 0, 0, 0,
+            ],
+            MAC_A,
+            &[
+                0x35, 0x01, 0x01, 0x3d, 0x07, 0x01, 0x00, 0x0b, 0x82, 0x01, 0xfc, 0x42, 0x32, 0x04,
+                0x00, 0x00, 0x00, 0x00, 0x37, 0x04, 0x01, 0x03, 0x06, 0x2a, 0xff, 0x00,
+            ],
+        );
+        m.resize(272, 0);
+        m
+    }
+
+    /// The capture's DHCPREQUEST (xid 0x00003d1e) in SELECTING state, for `addr` from server
+    /// `server`.
+    fn request_selecting(chaddr: [u8; 6], addr: [u8; 4], server: [u8; 4]) -> Vec<u8> {
+        let mut options = vec![0x35, 0x01, 0x03, 0x3d, 0x07, 0x01];
+        options.extend(chaddr);
+        options.extend([0x32, 0x04]);
+        options.extend(addr);
+        options.extend([0x36, 0x04]);
+        options.extend(server);
+        options.extend([0x37, 0x04, 0x01, 0x03, 0x06, 0x2a, 0xff]);
+        bootp(
+            [
+                1, 1, 6, 0, 0x00, 0x00, 0x3d, 0x1e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, 0, 0, 0,
+            ],
+            chaddr,
+            &options,
+        )
+    }
+
+    /// DHCPREQUEST without a server identifier: INIT-REBOOT (requested address option) when
+    /// `ciaddr` is zero, RENEWING otherwise.
+    fn request_again(chaddr: [u8; 6], ciaddr: [u8; 4], requested: Option<[u8; 4]>) -> Vec<u8> {
+        let mut head = [
+            1, 1, 6, 0, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0,
+        ];
+        head[12..16].copy_from_slice(&ciaddr);
+        let mut options = vec![0x35, 0x01, 0x03];
+        if let Some(addr) = requested {
+            options.extend([0x32, 0x04]);
+            options.extend(addr);
+        }
+        options.push(0xff);
+        bootp(head, chaddr, &options)
+    }
+
+    /// A message of `kind` (DECLINE, RELEASE, INFORM) with `ciaddr` and maybe a requested
+    /// address.
+    fn message(kind: u8, chaddr: [u8; 6], ciaddr: [u8; 4], requested: Option<[u8; 4]>) -> Vec<u8> {
+        let mut m = request_again(chaddr, ciaddr, requested);
+        m[242] = kind;
+        m
+    }
+
+    /// What a client sees in a reply.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Seen {
+        message_type: DhcpMessageType,
+        transaction_id: u32,
+        chaddr: [u8; 6],
+        client_ip: Ipv4Addr,
+        your_ip: Ipv4Addr,
+        server_identifier: Option<Ipv4Addr>,
+        router: Option<Ipv4Addr>,
+        subnet_mask: Option<Ipv4Addr>,
+        lease_duration: Option<u32>,
+        dns_servers: Option<Vec<Ipv4Addr>>,
+        client_identifier: Option<[u8; 6]>,
+    }
+
+    /// Parses a reply back with smoltcp, which also checks that its op code is 2 (a reply
+    /// message type under a request op code does not parse).
+    fn parse(reply: &Reply) -> Seen {
+        let packet = DhcpPacket::new_checked(&reply.payload[..]).unwrap();
+        let r = DhcpRepr::parse(&packet).unwrap();
+        Seen {
+            message_type: r.message_type,
+            transaction_id: r.transaction_id,
+            chaddr: r.client_hardware_address.0,
+            client_ip: r.client_ip,
+            your_ip: r.your_ip,
+            server_identifier: r.server_identifier,
+            router: r.router,
+            subnet_mask: r.subnet_mask,
+            lease_duration: r.lease_duration,
+            dns_servers: r.dns_servers.map(|d| d.to_vec()),
+            client_identifier: r.client_identifier.map(|c| c.0),
+        }
+    }
+
+    fn options(reply: &Reply) -> Vec<(u8, Vec<u8>)> {
+        let packet = DhcpPacket::new_checked(&reply.payload[..]).unwrap();
+        packet
+            .options()
+            .map(|o| (o.kind, o.data.to_vec()))
+            .collect()
+    }
+
+    fn server() -> DhcpServer {
+        DhcpServer::new(AddressPlan::default(), 1500)
+    }
+
+    const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+    const GATEWAY: [u8; 4] = [10, 0, 2, 2];
+
+    #[test]
+    fn first_client_is_offered_the_configured_address() {
+        let mut s = server();
+        let now = Instant::now();
+        let offer = s.handle(now, MAC_A, &discover()).unwrap();
+        assert_eq!(offer.to, Ipv4Addr::BROADCAST);
+        assert!(offer.payload.len() >= 300);
+        let repr = parse(&offer);
+        assert_eq!(repr.message_type, DhcpMessageType::Offer);
+        assert_eq!(repr.transaction_id, 0x3d1d);
+        assert_eq!(repr.chaddr, MAC_A);
+        assert_eq!(repr.your_ip, GUEST);
+        assert_eq!(repr.server_identifier, Some(Ipv4Addr::from(GATEWAY)));
+        assert_eq!(repr.router, Some(Ipv4Addr::from(GATEWAY)));
+        assert_eq!(repr.subnet_mask, Some(Ipv4Addr::new(255, 255, 255, 0)));
+        assert_eq!(repr.lease_duration, Some(86400));
+        assert_eq!(repr.dns_servers, Some(vec![Ipv4Addr::new(10, 0, 2, 3)]));
+        assert_eq!(repr.client_identifier, Some(MAC_A));
+        assert!(options(&offer).contains(&(26, vec![0x05, 0xdc])));
+    }
+
+    #[test]
+    fn selected_offer_is_acknowledged() {
+        let mut s = server();
+        let now = Instant::now();
+        s.handle(now, MAC_A, &discover()).unwrap();
+        let req = request_selecting(MAC_A, [10, 0, 2, 100], GATEWAY);
+        let ack = s.handle(now, MAC_A, &req).unwrap();
+        assert_eq!(ack.to, Ipv4Addr::BROADCAST);
+        let repr = parse(&ack);
+        assert_eq!(repr.message_type, DhcpMessageType::Ack);
+        assert_eq!(repr.transaction_id, 0x3d1e);
+        assert_eq!(repr.your_ip, GUEST);
+        assert_eq!(repr.lease_duration, Some(86400));
+        // Asking again (a lost ACK) gets the same answer.
+        assert_eq!(s.handle(now, MAC_A, &req).unwrap(), ack);
+    }
+
+    #[test]
+    fn further_clients_get_the_slirp4netns_range() {
+        let mut s = server();
+        let now = Instant::now();
+        s.handle(now, MAC_A, &discover()).unwrap();
+        let mut disc_b = discover();
+        disc_b[28..34].copy_from_slice(&MAC_B);
+        let offer = s.handle(now, MAC_B, &disc_b).unwrap();
+        assert_eq!(parse(&offer).your_ip, Ipv4Addr::new(10, 0, 2, 15));
+        // The same client asking twice keeps its offer.
+        let offer = s.handle(now, MAC_B, &disc_b).unwrap();
+        assert_eq!(parse(&offer).your_ip, Ipv4Addr::new(10, 0, 2, 15));
+        // Nobody else may take A's offered address.
+        let req = request_selecting(MAC_B, [10, 0, 2, 100], GATEWAY);
+        let nak = s.handle(now, MAC_B, &req).unwrap();
+        assert_eq!(nak.to, Ipv4Addr::BROADCAST);
+        let repr = parse(&nak);
+        assert_eq!(repr.message_type, DhcpMessageType::Nak);
+        assert_eq!(repr.your_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(repr.lease_duration, None);
+        assert_eq!(repr.router, None);
+    }
+
+    #[test]
+    fn another_servers_offer_taken_is_not_answered() {
+        let mut s = server();
+        let now = Instant::now();
+        s.handle(now, MAC_A, &discover()).unwrap();
+        let req = request_selecting(MAC_A, [192, 168, 0, 10], [192, 168, 0, 1]);
+        assert_eq!(s.handle(now, MAC_A, &req), None);
+    }
+
+    #[test]
+    fn rebooting_client_keeps_or_loses_its_address() {
+        let mut s = server();
+        let now = Instant::now();
+        // After a tapir restart the guest asks for the address it had: free, so granted.
+        let req = request_again(MAC_A, [0; 4], Some([10, 0, 2, 100]));
+        let ack = s.handle(now, MAC_A, &req).unwrap();
+        assert_eq!(parse(&ack).message_type, DhcpMessageType::Ack);
+        assert_eq!(ack.to, Ipv4Addr::BROADCAST);
+        // Another client may not have it; an address outside the pool nobody may have.
+        let req = request_again(MAC_B, [0; 4], Some([10, 0, 2, 100]));
+        let nak = s.handle(now, MAC_B, &req).unwrap();
+        assert_eq!(parse(&nak).message_type, DhcpMessageType::Nak);
+        let req = request_again(MAC_B, [0; 4], Some([192, 168, 1, 7]));
+        let nak = s.handle(now, MAC_B, &req).unwrap();
+        assert_eq!(parse(&nak).message_type, DhcpMessageType::Nak);
+    }
+
+    #[test]
+    fn renewal_is_answered_at_the_clients_address() {
+        let mut s = server();
+        let now = Instant::now();
+        s.handle(now, MAC_A, &discover()).unwrap();
+        let req = request_selecting(MAC_A, [10, 0, 2, 100], GATEWAY);
+        s.handle(now, MAC_A, &req).unwrap();
+        let later = now + LEASE_TIME / 2;
+        let renew = request_again(MAC_A, [10, 0, 2, 100], None);
+        let ack = s.handle(later, MAC_A, &renew).unwrap();
+        assert_eq!(ack.to, GUEST);
+        let repr = parse(&ack);
+        assert_eq!(repr.message_type, DhcpMessageType::Ack);
+        assert_eq!(repr.client_ip, GUEST);
+        assert_eq!(repr.your_ip, GUEST);
+        // The lease now runs from the renewal: another client may not take the address when
+        // the first lease would have ended, only when the renewed one has.
+        let take = request_again(MAC_B, [0; 4], Some([10, 0, 2, 100]));
+        let answer = |t| {
+            let reply = s.clone().handle(t, MAC_B, &take).unwrap();
+            parse(&reply).message_type
+        };
+        assert_eq!(answer(now + LEASE_TIME + OFFER_HOLD), DhcpMessageType::Nak);
+        assert_eq!(answer(later + LEASE_TIME), DhcpMessageType::Ack);
+    }
+
+    #[test]
+    fn addresses_are_reused_only_when_the_pool_runs_out() {
+        let mut s = server();
+        let now = Instant::now();
+        let mac = |i: u8| [2, 0, 0, 0, 0, i];
+        let lease = |s: &mut DhcpServer, m: [u8; 6], t: Instant| {
+            let mut d = discover();
+            d[28..34].copy_from_slice(&m);
+            let offer = s.handle(t, m, &d)?;
+            let addr = parse(&offer).your_ip.octets();
+            let ack = s.handle(t, m, &request_selecting(m, addr, GATEWAY))?;
+            Some(parse(&ack).your_ip)
+        };
+        assert_eq!(lease(&mut s, mac(0), now), Some(GUEST));
+        // The released address stays with its client while unused ones remain.
+        let release = message(7, mac(0), [10, 0, 2, 100], None);
+        assert_eq!(s.handle(now, mac(0), &release), None);
+        for i in 1..=16 {
+            let expected = Ipv4Addr::new(10, 0, 2, 14 + i);
+            assert_eq!(lease(&mut s, mac(i), now), Some(expected));
+        }
+        // The pool is full; only the released address is left.
+        assert_eq!(lease(&mut s, mac(17), now), Some(GUEST));
+        assert_eq!(lease(&mut s, mac(18), now), None);
+        // A lease that ran out can go to someone else.
+        let later = now + LEASE_TIME + Duration::from_secs(1);
+        assert_eq!(lease(&mut s, mac(18), later), Some(GUEST));
+    }
+
+    #[test]
+    fn declined_address_is_set_aside() {
+        let mut s = server();
+        let now = Instant::now();
+        s.handle(now, MAC_A, &discover()).unwrap();
+        let decline = message(4, MAC_A, [0; 4], Some([10, 0, 2, 100]));
+        assert_eq!(s.handle(now, MAC_A, &decline), None);
+        let offer = s.handle(now, MAC_A, &discover()).unwrap();
+        assert_eq!(parse(&offer).your_ip, Ipv4Addr::new(10, 0, 2, 15));
+        // Someone else's address cannot be declined for them.
+        let decline = message(4, MAC_B, [0; 4], Some([10, 0, 2, 15]));
+        assert_eq!(s.handle(now, MAC_B, &decline), None);
+        let req = request_selecting(MAC_A, [10, 0, 2, 15], GATEWAY);
+        let ack = s.handle(now, MAC_A, &req).unwrap();
+        assert_eq!(parse(&ack).message_type, DhcpMessageType::Ack);
+    }
+
+    #[test]
+    fn inform_gets_the_configuration_without_a_lease() {
+        let mut s = server();
+        let inform = message(8, MAC_A, [10, 0, 2, 100], None);
+        let ack = s.handle(Instant::now(), MAC_A, &inform).unwrap();
+        assert_eq!(ack.to, GUEST);
+        let repr = parse(&ack);
+        assert_eq!(repr.message_type, DhcpMessageType::Ack);
+        assert_eq!(repr.your_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(repr.lease_duration, None);
+        assert_eq!(repr.router, Some(Ipv4Addr::from(GATEWAY)));
+        assert!(options(&ack).contains(&(6, vec![10, 0, 2, 3])));
+    }
+
+    #[test]
+    fn other_cidr_and_mtu() {
+        let plan = AddressPlan::from_cidr("192.168.128.0/17", true).unwrap();
+        let mut s = DhcpServer::new(plan, 65520);
+        let offer = s.handle(Instant::now(), MAC_A, &discover()).unwrap();
+        let repr = parse(&offer);
+        assert_eq!(repr.your_ip, Ipv4Addr::new(192, 168, 128, 100));
+        assert_eq!(repr.subnet_mask, Some(Ipv4Addr::new(255, 255, 128, 0)));
+        assert!(options(&offer).contains(&(26, vec![0xff, 0xf0])));
+    }
+
+    #[test]
+    fn hostile_messages_get_no_answer() {
+        let mut s = server();
+        let now = Instant::now();
+        // Every truncation of a DISCOVER (the fixed part needs 240 bytes).
+        let d = discover();
+        for n in 0..d.len() {
+            let _ = s.handle(now, MAC_A, &d[..n]);
+        }
+        assert_eq!(s.handle(now, MAC_A, &d[..239]), None);
+        // BOOTP without a message type; a server's message; a wrong magic cookie; an option
+        // running past the end.
+        let bootp_only = bootp(
+            [
+                1, 1, 6, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+            MAC_A,
+            &[0xff],
+        );
+        assert_eq!(s.handle(now, MAC_A, &bootp_only), None);
+        let mut offer = d.clone();
+        offer[0] = 2;
+        offer[242] = 2;
+        assert_eq!(s.handle(now, MAC_A, &offer), None);
+        let mut cookie = d.clone();
+        cookie[236] = 0;
+        assert_eq!(s.handle(now, MAC_A, &cookie), None);
+        let mut long = d[..243].to_vec();
+        long.extend([0x37, 0xff, 1, 3]);
+        let _ = s.handle(now, MAC_A, &long);
+        // A REQUEST that asks for nothing.
+        assert_eq!(
+            s.handle(now, MAC_A, &request_again(MAC_A, [0; 4], None)),
+            None
+        );
+    }
+}
