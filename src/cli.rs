@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Do not let the guest reach the host's loopback (10.0.2.2) or the host's own addresses.
     #[arg(long)]
     pub disable_host_loopback: bool,
+    /// IPv6 too: fd00::/64 by router advertisement, gateway fd00::2 (the host's ::1 unless
+    /// --disable-host-loopback), DNS fd00::3.
+    #[arg(short = '6', long)]
+    pub enable_ipv6: bool,
     /// Write every frame on the guest's TAP to this file (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,

@@ -38,13 +38,15 @@ use smoltcp::wire::{
 };
 
 use crate::api::server::ApiServer;
-use crate::config::{AddressPlan, Limits};
+use crate::config::{AddressPlan, Ipv6Plan, Limits};
 use crate::flow::addr::{AddressMap, Route};
 use crate::flow::icmp::{self, EchoFlow, EchoKey};
 use crate::flow::tcp::{HostSide, Verdict, new_socket, pump, single_set};
 use crate::flow::udp::{self, UdpFlow, UdpKind};
 use crate::forward::spec::{PortForward, Proto};
+use crate::service::dhcp::DhcpServer;
 use crate::service::dns::DnsRelay;
+use crate::service::ra::RaSchedule;
 use crate::stack::device::{self, Device, MAX_FRAME, TxQueue, VNET_HDR_LEN};
 use crate::stack::frame::{self, FlowKey, GuestFrame, Link};
 use crate::stack::pcap::PcapSink;
@@ -85,6 +87,8 @@ pub struct NetworkConfig {
     /// Source addresses for host sockets (`--outbound-addr`, `--outbound-addr6`).
     pub outbound: (Option<Ipv4Addr>, Option<std::net::Ipv6Addr>),
     pub pcap: Option<PathBuf>,
+    /// IPv6 (slirp4netns `-6`): the fd00::/64 plan, router advertisements, v6 flows.
+    pub ipv6: bool,
 }
 
 /// Well within smoltcp's 60 s neighbour-cache lifetime.
@@ -152,6 +156,12 @@ pub struct Network {
     guest_mac: Option<EthernetAddress>,
     /// The guest MAC smoltcp was last told, and when.
     stack_knows_guest: Option<(EthernetAddress, Instant)>,
+    /// The same for the guest's IPv6 addresses.
+    stack_knows_v6: HashMap<std::net::Ipv6Addr, (EthernetAddress, Instant)>,
+    v6: Option<Ipv6Plan>,
+    mtu: u32,
+    dhcp: DhcpServer,
+    ra: Option<RaSchedule>,
     tcp: Slab<TcpConn>,
     tcp_index: HashMap<FlowKey, usize>,
     tcp_pending: usize,
@@ -198,8 +208,19 @@ impl Network {
             smoltcp::time::Instant::from_micros(0),
         );
         iface.set_any_ip(true);
+        // tapir answers neighbour discovery itself, with the same MAC smoltcp accepts.
+        let v6 = config.ipv6.then(|| Ipv6Plan {
+            mac: ours.0,
+            ..Ipv6Plan::default()
+        });
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(plan.gateway), plan.prefix_len));
+            if let Some(v6) = &v6 {
+                let _ = addrs.push(IpCidr::new(
+                    IpAddress::Ipv6(v6.gateway),
+                    crate::config::IPV6_PREFIX_LEN,
+                ));
+            }
         });
 
         let upstreams = config
@@ -226,11 +247,22 @@ impl Network {
             iface,
             caps,
             tx,
-            map: AddressMap::new(plan, config.host_addrs.clone(), &config.nameservers),
+            map: {
+                let map = AddressMap::new(plan, config.host_addrs.clone(), &config.nameservers);
+                match v6 {
+                    Some(v6) => map.with_ipv6(v6),
+                    None => map,
+                }
+            },
             limits: config.limits,
             ours,
             guest_mac: None,
             stack_knows_guest: None,
+            stack_knows_v6: HashMap::new(),
+            v6,
+            mtu: config.mtu,
+            dhcp: DhcpServer::new(plan, config.mtu),
+            ra: v6.map(|_| RaSchedule::new(now)),
             tcp: Slab::new(),
             tcp_index: HashMap::new(),
             tcp_pending: 0,
@@ -396,11 +428,11 @@ impl Network {
             self.guest_mac = Some(eth.src_addr());
         }
         let plan = self.plan();
-        match frame::classify(frame, &plan).1 {
+        match frame::classify_with_ipv6(frame, &plan, self.v6.as_ref()).1 {
             GuestFrame::Drop(reason) => self.stats.drop(reason),
             GuestFrame::ArpToStack => self.arp(now, frame),
             GuestFrame::Tcp { key, syn } => {
-                self.teach_stack_guest_mac(now);
+                self.teach_stack_guest_mac(now, key.guest.ip());
                 self.guest_tcp(now, frame, key, syn)
             }
             GuestFrame::Udp { key, payload } => self.guest_udp(now, frame, key, payload),
@@ -410,22 +442,72 @@ impl Network {
                 ident,
                 seq_no,
                 data,
-            } => self.guest_echo(now, frame, src, dst, ident, seq_no, data),
-            // Not wired yet: the DHCP server (service::dhcp) and IPv6 (classify_with_ipv6,
-            // whose variants plain classify never returns).
-            GuestFrame::Dhcp { .. }
-            | GuestFrame::EchoRequestV6 { .. }
-            | GuestFrame::RouterSolicitation
-            | GuestFrame::NeighborSolicitation { .. } => self.stats.drop(DropReason::Unsupported),
+            } => self.guest_echo(now, frame, src.into(), dst.into(), ident, seq_no, data),
+            GuestFrame::EchoRequestV6 {
+                src,
+                dst,
+                ident,
+                seq_no,
+                data,
+            } => self.guest_echo(now, frame, src.into(), dst.into(), ident, seq_no, data),
+            GuestFrame::Dhcp {
+                client_mac,
+                payload,
+            } => self.dhcp(now, client_mac, payload),
+            GuestFrame::RouterSolicitation => {
+                if let Some(ra) = &mut self.ra {
+                    ra.handle_solicitation(now);
+                }
+            }
+            GuestFrame::NeighborSolicitation { src, target } => {
+                if let (Some(link), Some(v6)) = (self.link(), &self.v6) {
+                    frame::neighbor_advertisement(&mut self.scratch, link, v6, target, src);
+                    self.send_scratch();
+                }
+            }
         }
+    }
+
+    fn dhcp(&mut self, now: Instant, client_mac: EthernetAddress, payload: &[u8]) {
+        let Some(reply) = self.dhcp.handle(now, client_mac.0, payload) else {
+            return;
+        };
+        let plan = self.plan();
+        let link = Link {
+            ours: self.ours,
+            guest: client_mac,
+        };
+        let from = SocketAddrV4::new(plan.gateway, frame::DHCP_SERVER_PORT);
+        let to = SocketAddrV4::new(reply.to, frame::DHCP_CLIENT_PORT);
+        frame::udp_v4(&mut self.scratch, link, from, to, &reply.payload);
+        self.send_scratch();
+    }
+
+    /// Sends the periodic router advertisement when due.
+    fn advertise(&mut self, now: Instant) {
+        let (Some(ra), Some(v6)) = (&mut self.ra, &self.v6) else {
+            return;
+        };
+        if !ra.poll_transmit(now) {
+            return;
+        }
+        let link = Link {
+            ours: self.ours,
+            guest: self.guest_mac.unwrap_or(frame::ALL_NODES_MAC),
+        };
+        frame::router_advertisement(&mut self.scratch, link, v6, self.mtu);
+        self.send_scratch();
     }
 
     /// smoltcp learns neighbours from ARP only, and forgets them after a minute; the guest,
     /// whose ARP entry for the gateway is still fresh, would then wait for smoltcp's own ARP
     /// round (and its 1 s back-off). So tapir tells the stack the guest's MAC, as an ARP
     /// reply, whenever it may have been forgotten.
-    fn teach_stack_guest_mac(&mut self, now: Instant) {
+    fn teach_stack_guest_mac(&mut self, now: Instant, guest: IpAddr) {
         let Some(mac) = self.guest_mac else { return };
+        if let IpAddr::V6(addr) = guest {
+            return self.teach_stack_guest_v6(now, mac, addr);
+        }
         let fresh = self.stack_knows_guest.is_some_and(|(known, at)| {
             known == mac && now.saturating_duration_since(at) < STACK_ARP_REFRESH
         });
@@ -449,6 +531,39 @@ impl Network {
         .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
         repr.emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
         self.arp(now, &f);
+    }
+
+    /// The IPv6 twin of the ARP lesson: smoltcp learns from a neighbour advertisement, as if
+    /// the guest had sent one for `addr` (its SLAAC and link-local addresses are not known in
+    /// advance, so each is taught when first seen).
+    fn teach_stack_guest_v6(
+        &mut self,
+        now: Instant,
+        mac: EthernetAddress,
+        addr: std::net::Ipv6Addr,
+    ) {
+        let Some(v6) = self.v6 else { return };
+        let fresh = self.stack_knows_v6.get(&addr).is_some_and(|(known, at)| {
+            *known == mac && now.saturating_duration_since(*at) < STACK_ARP_REFRESH
+        });
+        if fresh {
+            return;
+        }
+        if self.stack_knows_v6.len() >= 16 {
+            self.stack_knows_v6.clear();
+        }
+        let link = Link {
+            ours: mac,
+            guest: self.ours,
+        };
+        let mut f = Vec::new();
+        let as_guest = crate::config::Ipv6Plan { mac: mac.0, ..v6 };
+        frame::neighbor_advertisement(&mut f, link, &as_guest, addr, v6.gateway);
+        let t = self.smol_now(now);
+        let mut empty = SocketSet::new(Vec::new());
+        let mut dev = Device::new(Some(&f), &mut self.tx, &self.caps);
+        self.iface.poll_ingress_single(t, &mut dev, &mut empty);
+        self.stack_knows_v6.insert(addr, (mac, now));
     }
 
     fn arp(&mut self, now: Instant, frame: &[u8]) {
@@ -625,16 +740,24 @@ impl Network {
 
     /// ICMP "administratively prohibited" back to the guest for a refused datagram or ping.
     fn reject(&mut self, frame: &[u8], from: IpAddr) {
-        let (Some(link), IpAddr::V4(from)) = (self.link(), from) else {
-            return;
+        let Some(link) = self.link() else { return };
+        let built = match from {
+            IpAddr::V4(from) => frame::unreachable_v4(
+                &mut self.scratch,
+                link,
+                from,
+                Icmpv4DstUnreachable::CommProhibited,
+                &frame[14..],
+            ),
+            IpAddr::V6(from) => frame::unreachable_v6(
+                &mut self.scratch,
+                link,
+                from,
+                frame::UnreachableV6::AdminProhibit,
+                &frame[14..],
+            ),
         };
-        if frame::unreachable_v4(
-            &mut self.scratch,
-            link,
-            from,
-            Icmpv4DstUnreachable::CommProhibited,
-            &frame[14..],
-        ) {
+        if built {
             self.send_scratch();
         }
     }
@@ -650,22 +773,23 @@ impl Network {
         }
     }
 
+    /// An echo request (ICMP or ICMPv6) from the guest.
     #[allow(clippy::too_many_arguments)]
     fn guest_echo(
         &mut self,
         now: Instant,
         frame: &[u8],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         ident: u16,
         seq_no: u16,
         data: &[u8],
     ) {
-        let route = self.map.icmp(dst);
-        let addr = match route {
+        let addr = match self.map.icmp(dst) {
             Route::Local => {
-                if let Some(link) = self.link() {
-                    frame::echo_reply_v4(&mut self.scratch, link, dst, src, ident, seq_no, data);
+                if let Some(link) = self.link()
+                    && echo_frame(&mut self.scratch, link, dst, src, ident, seq_no, data)
+                {
                     self.send_scratch();
                 }
                 return;
@@ -673,20 +797,19 @@ impl Network {
             Route::Host(addr) => addr,
             Route::Refuse | Route::DnsRelay => {
                 self.stats.drop(DropReason::Refused);
-                return self.reject(frame, dst.into());
+                return self.reject(frame, dst);
             }
         };
-        let key = EchoKey { ident, dst };
+        let key = EchoKey { ident, src, dst };
         let id = match self.icmp_index.get(&key) {
             Some(&id) => id,
             None => {
                 if self.icmp.len() >= self.limits.max_icmp_flows {
                     return self.stats.drop(DropReason::IcmpFlowLimit);
                 }
-                let IpAddr::V4(dst4) = addr.ip() else { return };
                 let entry = self.icmp.vacant_entry();
                 let id = entry.key();
-                let socket = icmp::connect(dst4).and_then(|mut s| {
+                let socket = icmp::connect(addr.ip()).and_then(|mut s| {
                     self.registry
                         .register(&mut s, token(KIND_ICMP, id), Interest::READABLE)
                         .map(|()| s)
@@ -711,7 +834,7 @@ impl Network {
         };
         let flow = &mut self.icmp[id];
         flow.last_active = now;
-        icmp::echo_request(seq_no, data, &mut self.scratch);
+        icmp::echo_request(dst.is_ipv6(), seq_no, data, &mut self.scratch);
         if let Err(e) = flow.socket.send(&self.scratch) {
             log::debug!("ping {dst}: {e}");
         }
@@ -864,18 +987,21 @@ impl Network {
                 }
             };
             flow.last_active = now;
-            let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (flow.key.remote, flow.key.guest)
-            else {
-                return;
-            };
-            frame::udp_v4(&mut self.scratch, link, src, dst, &self.buf[..n]);
-            self.send_scratch();
+            let key = flow.key;
+            if udp_frame(
+                &mut self.scratch,
+                link,
+                key.remote,
+                key.guest,
+                &self.buf[..n],
+            ) {
+                self.send_scratch();
+            }
         }
     }
 
     fn icmp_ready(&mut self, now: Instant, id: usize) {
         let Some(link) = self.link() else { return };
-        let guest = self.plan().guest;
         loop {
             let Some(flow) = self.icmp.get_mut(id) else {
                 return;
@@ -887,19 +1013,25 @@ impl Network {
             };
             flow.last_active = now;
             let key = flow.key;
-            let Some((seq_no, data)) = frame::parse_echo_reply(&self.buf[..n]) else {
+            let reply = if key.dst.is_ipv6() {
+                frame::parse_echo_reply_v6(&self.buf[..n])
+            } else {
+                frame::parse_echo_reply(&self.buf[..n])
+            };
+            let Some((seq_no, data)) = reply else {
                 continue;
             };
-            frame::echo_reply_v4(
+            if echo_frame(
                 &mut self.scratch,
                 link,
                 key.dst,
-                guest,
+                key.src,
                 key.ident,
                 seq_no,
                 data,
-            );
-            self.send_scratch();
+            ) {
+                self.send_scratch();
+            }
         }
     }
 
@@ -915,17 +1047,13 @@ impl Network {
             let Some((client, answer)) = self.dns.handle_answer(now, from, &self.buf[..n]) else {
                 continue;
             };
-            let SocketAddr::V4(client) = client else {
-                continue;
+            let server = match (client, &self.v6) {
+                (SocketAddr::V6(_), Some(v6)) => SocketAddr::new(v6.dns.into(), 53),
+                _ => SocketAddr::new(dns.into(), 53),
             };
-            frame::udp_v4(
-                &mut self.scratch,
-                link,
-                SocketAddrV4::new(dns, 53),
-                client,
-                &answer,
-            );
-            self.send_scratch();
+            if udp_frame(&mut self.scratch, link, server, client, &answer) {
+                self.send_scratch();
+            }
         }
     }
 
@@ -1099,13 +1227,17 @@ impl Network {
                     key
                 }
             };
-            let (Some(link), SocketAddr::V4(src), SocketAddr::V4(dst)) =
-                (self.link(), key.remote, key.guest)
-            else {
-                continue;
-            };
-            frame::udp_v4(&mut self.scratch, link, src, dst, &self.buf[..n]);
-            self.send_scratch();
+            if let Some(link) = self.link()
+                && udp_frame(
+                    &mut self.scratch,
+                    link,
+                    key.remote,
+                    key.guest,
+                    &self.buf[..n],
+                )
+            {
+                self.send_scratch();
+            }
         }
     }
 
@@ -1129,6 +1261,7 @@ impl Network {
                 let _ = self.dns_socket.send_to(&q.bytes, q.upstream);
             }
         }
+        self.advertise(now);
         if now >= self.next_sweep {
             self.sweep(now);
             self.next_sweep = now + Duration::from_secs(1);
@@ -1182,6 +1315,9 @@ impl Network {
         }
         if let Some(t) = self.dns.poll_at() {
             at = at.min(t);
+        }
+        if let Some(ra) = &self.ra {
+            at = at.min(ra.poll_at());
         }
         if !self.dirty.is_empty() {
             at = self.start;
@@ -1246,6 +1382,44 @@ impl crate::api::server::ForwardTable for Network {
         v.extend(DropReason::ALL.iter().map(|r| (r.name(), s.drops(*r))));
         v
     }
+}
+
+/// Builds an echo reply `from` → `to` into `out`; false when the families differ.
+fn echo_frame(
+    out: &mut Vec<u8>,
+    link: Link,
+    from: IpAddr,
+    to: IpAddr,
+    ident: u16,
+    seq_no: u16,
+    data: &[u8],
+) -> bool {
+    match (from, to) {
+        (IpAddr::V4(f), IpAddr::V4(t)) => {
+            frame::echo_reply_v4(out, link, f, t, ident, seq_no, data)
+        }
+        (IpAddr::V6(f), IpAddr::V6(t)) => {
+            frame::echo_reply_v6(out, link, f, t, ident, seq_no, data)
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// Builds a UDP datagram `from` → `to` into `out`; false when the families differ.
+fn udp_frame(
+    out: &mut Vec<u8>,
+    link: Link,
+    from: SocketAddr,
+    to: SocketAddr,
+    payload: &[u8],
+) -> bool {
+    match (from, to) {
+        (SocketAddr::V4(f), SocketAddr::V4(t)) => frame::udp_v4(out, link, f, t, payload),
+        (SocketAddr::V6(f), SocketAddr::V6(t)) => frame::udp_v6(out, link, f, t, payload),
+        _ => return false,
+    }
+    true
 }
 
 fn listen_endpoint(addr: SocketAddr) -> IpListenEndpoint {
@@ -1645,6 +1819,7 @@ mod test {
             host_addrs: vec![],
             outbound: (None, None),
             pcap: None,
+            ipv6: false,
         };
         let net = Network::new(
             &config,

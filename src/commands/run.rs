@@ -35,6 +35,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         host_addrs: super::host_addresses(),
         outbound: (None, None),
         pcap: args.pcap,
+        ipv6: args.enable_ipv6,
     };
     // Large flow buffers come from mmap, so an idle flow costs only the pages it touched.
     crate::sys::set_malloc_mmap_threshold(128 * 1024);

@@ -129,6 +129,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         host_addrs: super::host_addresses(),
         outbound: (outbound4, outbound6),
         pcap: opts.pcap.clone(),
+        ipv6: opts.enable_ipv6,
     };
     crate::sys::set_malloc_mmap_threshold(128 * 1024);
     let lifetime = match exit_fd {

@@ -11,9 +11,9 @@
 //!
 //! Pure: the host's addresses and nameservers are read by the caller and passed in.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::config::AddressPlan;
+use crate::config::{AddressPlan, Ipv6Plan};
 
 /// What to do with a new flow to a guest-chosen destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,7 @@ pub enum Route {
 #[derive(Debug, Clone)]
 pub struct AddressMap {
     plan: AddressPlan,
+    v6: Option<Ipv6Plan>,
     host_addrs: Vec<IpAddr>,
     dns_tcp: Option<SocketAddr>,
 }
@@ -40,9 +41,17 @@ impl AddressMap {
     pub fn new(plan: AddressPlan, host_addrs: Vec<IpAddr>, nameservers: &[IpAddr]) -> Self {
         AddressMap {
             plan,
+            v6: None,
             host_addrs,
             dns_tcp: nameservers.first().map(|ip| SocketAddr::new(*ip, 53)),
         }
+    }
+
+    /// With IPv6 on, its gateway is the host's ::1 (under the same loopback policy) and its
+    /// DNS address is the forwarder.
+    pub fn with_ipv6(mut self, v6: Ipv6Plan) -> Self {
+        self.v6 = Some(v6);
+        self
     }
 
     pub fn plan(&self) -> &AddressPlan {
@@ -58,8 +67,9 @@ impl AddressMap {
     }
 
     fn transport(&self, dst: SocketAddr, udp: bool) -> Route {
-        let IpAddr::V4(ip) = dst.ip() else {
-            return self.remote(dst);
+        let ip = match dst.ip() {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip) => return self.transport_v6(ip, dst, udp),
         };
         if ip == self.plan.gateway {
             return if self.plan.host_loopback {
@@ -81,15 +91,49 @@ impl AddressMap {
         self.remote(dst)
     }
 
-    /// Ping: virtual hosts answer themselves; others as for TCP and UDP.
-    pub fn icmp(&self, dst: Ipv4Addr) -> Route {
-        if dst == self.plan.gateway || dst == self.plan.dns {
-            return Route::Local;
+    fn transport_v6(&self, ip: Ipv6Addr, dst: SocketAddr, udp: bool) -> Route {
+        let Some(v6) = &self.v6 else {
+            return self.remote(dst);
+        };
+        if v6.is_gateway(ip) {
+            return if self.plan.host_loopback {
+                Route::Host(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), dst.port()))
+            } else {
+                Route::Refuse
+            };
         }
-        if self.plan.contains(dst) {
+        if ip == v6.dns {
+            return match (dst.port(), udp, self.dns_tcp) {
+                (53, true, _) => Route::DnsRelay,
+                (53, false, Some(upstream)) => Route::Host(upstream),
+                _ => Route::Refuse,
+            };
+        }
+        if v6.contains(ip) || Ipv6Plan::is_link_local(ip) {
             return Route::Refuse;
         }
-        self.remote(SocketAddr::new(dst.into(), 0))
+        self.remote(dst)
+    }
+
+    /// Ping: virtual hosts answer themselves; others as for TCP and UDP.
+    pub fn icmp(&self, dst: IpAddr) -> Route {
+        let local = match (dst, &self.v6) {
+            (IpAddr::V4(v4), _) => v4 == self.plan.gateway || v4 == self.plan.dns,
+            (IpAddr::V6(v6), Some(plan)) => plan.is_virtual_host(v6),
+            (IpAddr::V6(_), None) => false,
+        };
+        if local {
+            return Route::Local;
+        }
+        let inside = match (dst, &self.v6) {
+            (IpAddr::V4(v4), _) => self.plan.contains(v4),
+            (IpAddr::V6(v6), Some(plan)) => plan.contains(v6) || Ipv6Plan::is_link_local(v6),
+            (IpAddr::V6(_), None) => false,
+        };
+        if inside {
+            return Route::Refuse;
+        }
+        self.remote(SocketAddr::new(dst, 0))
     }
 
     fn remote(&self, dst: SocketAddr) -> Route {
@@ -161,6 +205,9 @@ mod test {
         assert_eq!(m.icmp("198.51.100.1".parse().unwrap()), Route::Refuse);
         // Ping to the gateway is still answered, as slirp4netns does.
         assert_eq!(m.icmp("10.0.2.2".parse().unwrap()), Route::Local);
+        let m = m.with_ipv6(Ipv6Plan::default());
+        assert_eq!(m.tcp(sa("[fd00::2]:8080")), Route::Refuse);
+        assert_eq!(m.icmp("fd00::2".parse().unwrap()), Route::Local);
         // Other hosts stay reachable.
         assert_eq!(
             m.tcp(sa("198.51.100.10:80")),
@@ -186,6 +233,23 @@ mod test {
         assert_eq!(m.udp(sa("10.0.2.3:54")), Route::Refuse);
         let none = AddressMap::new(AddressPlan::default(), vec![], &[]);
         assert_eq!(none.tcp(sa("10.0.2.3:53")), Route::Refuse);
+    }
+
+    #[test]
+    fn ipv6_plan() {
+        let m = map(true).with_ipv6(Ipv6Plan::default());
+        assert_eq!(m.tcp(sa("[fd00::2]:8080")), Route::Host(sa("[::1]:8080")));
+        assert_eq!(m.udp(sa("[fd00::3]:53")), Route::DnsRelay);
+        assert_eq!(m.tcp(sa("[fd00::3]:53")), Route::Host(sa("127.0.0.53:53")));
+        assert_eq!(m.tcp(sa("[fd00::77]:80")), Route::Refuse);
+        assert_eq!(m.tcp(sa("[fe80::1]:80")), Route::Refuse);
+        assert_eq!(
+            m.tcp(sa("[2001:db8::1]:80")),
+            Route::Host(sa("[2001:db8::1]:80"))
+        );
+        assert_eq!(m.icmp("fe80::2".parse().unwrap()), Route::Local);
+        assert_eq!(m.icmp("fd00::3".parse().unwrap()), Route::Local);
+        assert_eq!(m.icmp("fd00::9".parse().unwrap()), Route::Refuse);
     }
 
     #[test]
