@@ -20,7 +20,8 @@
 #      or, with S4NN_IMPL=tapir, a symlink named slirp4netns to $TAPIR) and $S4NN_LOGGED, a
 #      wrapper also named slirp4netns that appends its pid, argv and fds to $S4NN_LOG before it
 #      execs $S4NN. It gives uid 65534 subordinate ids (private /etc/subuid and /etc/subgid), and
-#      a HOME and XDG_RUNTIME_DIR of its own ($W/home, $W/run) for `as_rootless`.
+#      a HOME and XDG_RUNTIME_DIR of its own ($W/home, and $W/run bound at /run/user/65534 on a
+#      private /run) for `as_rootless`.
 # Nothing here touches the machine outside the namespaces: when the body ends, the EXIT trap
 # kills what it started, and the PID namespace's end kills anything left.
 #
@@ -32,7 +33,7 @@
 #   wait_port [in_remote] tcp|udp PORT     wait_until SECS WHAT CMD...
 #   wait_ready FILE PID     wait for a background guest (PID) to create FILE
 #   guest CMD...            CMD in the guest (see 3.); tapir_run ARGS...: `tapir run ARGS` as 65534
-#   as_rootless CMD...      (compat) CMD as uid 65534 with HOME=$W/home, XDG_RUNTIME_DIR=$W/run
+#   as_rootless CMD...      (compat) CMD as uid 65534 with HOME=$W/home, XDG_RUNTIME_DIR=/run/user/65534
 #   s4nn_api SOCKET JSON    (compat) one slirp4netns API request as uid 65534; prints the reply
 #   wait_gone SECS PID WHAT waits until process PID has exited (or is a zombie)
 #   check CMD...            check_eq WHAT ACTUAL EXPECTED      check_match WHAT ACTUAL ERE
@@ -314,9 +315,18 @@ EOF
     done
     mkdir -p -m 0700 "$W/home" "$W/run"
     chown 65534:65534 "$W/home" "$W/run"
-    as_rootless() {
-        as_user env HOME="$W/home" XDG_RUNTIME_DIR="$W/run" "$@"
-    }
+    # The runtime directory where a login would put it: podman names its API sockets
+    # $XDG_RUNTIME_DIR/libpod/tmp/<64 hex>.net, too long for a UNIX socket under $W. A fresh /run
+    # in this mount namespace holds it (bound from $W/run, so that a kept world keeps it).
+    mount -t tmpfs -o mode=0755,size=1m tapir-test-run /run
+    mkdir -p /run/user/65534
+    mount --bind "$W/run" /run/user/65534
+    # A program, not a function, so that `bounded as_rootless` and `start NAME as_rootless` work.
+    cat >"$W/bin/as_rootless" <<EOF
+#!/bin/sh
+exec setpriv --reuid=65534 --regid=65534 --clear-groups -- env HOME='$W/home' XDG_RUNTIME_DIR=/run/user/65534 "\$@"
+EOF
+    chmod 0755 "$W/bin/as_rootless"
     s4nn_api() {
         as_user actor s4nn-api "$1" "$2"
     }
