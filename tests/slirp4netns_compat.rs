@@ -29,6 +29,9 @@ json() {
 api() {
     s4nn_api "$sock" "$1" | json
 }
+seconds_since() {
+    python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) - float(sys.argv[2])))' "$EPOCHREALTIME" "$1"
+}
 
 as_user unshare -Urn --fork sleep infinity &
 ns_pid=$!
@@ -43,9 +46,18 @@ exit_writer=$!
 start s4nn as_user "$S4NN_LOGGED" --configure --mtu=65520 --api-socket "$sock" -r 3 -e 4 \
     "$ns_pid" tap0 3>"$W/tmp/ready" 4<"$W/tmp/exit" 7<&-
 s4nn_pid=$!
+started=$EPOCHREALTIME
 ready=
-read -r -t 10 -n 1 -u 7 ready || fail "nothing on the ready fd within 10 s"
+until read -r -t 0.1 -n 1 -u 7 ready; do
+    if gone "$s4nn_pid"; then
+        rc=0
+        wait "$s4nn_pid" || rc=$?
+        fail "the binary exited with status $rc before it wrote to its ready fd"
+    fi
+    [ "${EPOCHREALTIME%.*}" -lt "$((${started%.*} + 10))" ] || fail "nothing on the ready fd within 10 s"
+done
 exec 7<&-
+echo "ready after $(seconds_since "$started") s"
 check_eq "what the binary wrote on its ready fd" "$ready" 1
 check test -S "$sock"
 log=$(cat "$S4NN_LOG")
@@ -102,8 +114,10 @@ EOF
 check_match "list_hostfwd after the bad requests" "$(api '{"execute":"list_hostfwd"}')" '"id":2,"proto":"udp"'
 
 # The exit pipe's hang-up ends the binary at once, with status 0, and its socket file goes.
+hung_up=$EPOCHREALTIME
 kill "$exit_writer"
 wait_gone 3 "$s4nn_pid" "the binary, once its exit pipe hung up"
+echo "gone within $(seconds_since "$hung_up") s of the hang-up"
 rc=0
 wait "$s4nn_pid" || rc=$?
 check_eq "the binary's exit status after the hang-up" "$rc" 0
