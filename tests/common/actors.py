@@ -331,6 +331,22 @@ def tcp_connect(addr, port, timeout=str(CLIENT_TIMEOUT)):
     print("%s after %.3f s" % (outcome, time.monotonic() - start))
 
 
+# --- the slirp4netns API ---------------------------------------------------------------------------
+
+
+def s4nn_api(path, request):
+    """One request to a slirp4netns API socket, framed as its clients do: connect to the UNIX
+    socket PATH, write REQUEST, shut down the write side (the end of a request), read the reply
+    until the server closes. Prints the reply exactly as it came (slirp4netns adds no newline)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(CLIENT_TIMEOUT)
+    s.connect(path)
+    s.sendall(request.encode())
+    s.shutdown(socket.SHUT_WR)
+    tcp_read_to_eof(s)
+    print()
+
+
 COMMANDS = {
     "dns-server": dns_server,
     "dns-query": dns_query,
@@ -343,6 +359,7 @@ COMMANDS = {
     "tcp-send": tcp_send,
     "tcp-ask": tcp_ask,
     "tcp-connect": tcp_connect,
+    "s4nn-api": s4nn_api,
 }
 
 if __name__ == "__main__":

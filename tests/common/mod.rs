@@ -22,6 +22,13 @@
 //!   skip reason and passes; with `CI=true` it fails instead, because `.ci/run` installs
 //!   everything. Tests against slirp4netns, which only prove the harness, always skip without it.
 //!
+//! Compatibility worlds ([`World::slirp4netns_compat`]) have no `guest` verb: their scenarios
+//! drive a slirp4netns-compatible binary themselves, raw or through the real clients (rootlesskit,
+//! rootless podman), and [`Impl`] chooses that binary: Debian's slirp4netns, which proves the
+//! scenario, or tapir installed under the name `slirp4netns`. Such a world also gives uid 65534
+//! subordinate ids (100000:65536) through private copies of /etc/subuid and /etc/subgid bound in
+//! the scenario's mount namespace, which newuidmap/newgidmap (used by rootlesskit and podman) read.
+//!
 //! Environment: `CI=true` (skips are failures), `TAPIR_TEST_KEEP=1` (keep every world
 //! directory), `TAPIR_TEST_TMPDIR` (where world directories go; default /tmp: each of its
 //! parents must be searchable by uid 65534).
@@ -59,6 +66,19 @@ pub enum Guest {
     /// Debian's slirp4netns serving one guest namespace for the whole scenario: the reference
     /// that proves a scenario (and the harness) right while tapir is being written.
     Slirp4netns,
+    /// No `guest` verb: the scenario drives a slirp4netns-compatible binary itself (`$S4NN`).
+    Compat(Impl),
+}
+
+/// Which slirp4netns a compatibility world hands to its clients, as `$S4NN` (and, behind a
+/// wrapper that logs each argv, as `$S4NN_LOGGED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Impl {
+    /// Debian's /usr/bin/slirp4netns: the real thing, which proves the scenario right.
+    Debian,
+    /// The tapir built with these tests, behind a symlink named `slirp4netns`, which is how it
+    /// is installed as a drop-in.
+    Tapir,
 }
 
 /// One scenario's world: what it needs and how long it may take.
@@ -93,6 +113,13 @@ impl World {
     /// A world whose guest runs under Debian's slirp4netns (see [`Guest::Slirp4netns`]).
     pub fn slirp4netns(name: &str) -> World {
         World::new(name, Guest::Slirp4netns)
+    }
+
+    /// A world for scenarios that run a slirp4netns-compatible binary, `implementation`, the
+    /// way its real clients do (see [`Guest::Compat`] and [`Impl`]).
+    pub fn slirp4netns_compat(name: &str, implementation: Impl) -> World {
+        // getent and cut name uid 65534 in the private /etc/subuid; pgrep finds sleepers.
+        World::new(name, Guest::Compat(implementation)).needs(&["getent", "cut", "pgrep"])
     }
 
     fn new(name: &str, guest: Guest) -> World {
@@ -137,7 +164,8 @@ impl World {
     pub fn run(&self, body: &str) -> Option<Outcome> {
         // The slirp4netns references only prove the harness: without slirp4netns they skip,
         // even in CI.
-        if self.guest == Guest::Slirp4netns && find_tool("slirp4netns").is_none() {
+        let reference = matches!(self.guest, Guest::Slirp4netns | Guest::Compat(Impl::Debian));
+        if reference && find_tool("slirp4netns").is_none() {
             say_skipped(&self.name, "slirp4netns is not installed");
             return None;
         }
@@ -207,7 +235,7 @@ impl World {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
         }
         let tapir = dir.join("bin/tapir");
-        if self.guest == Guest::Tapir {
+        if matches!(self.guest, Guest::Tapir | Guest::Compat(Impl::Tapir)) {
             fs::copy(env!("CARGO_BIN_EXE_tapir"), &tapir)?;
             fs::set_permissions(&tapir, fs::Permissions::from_mode(0o755))?;
         }
@@ -221,14 +249,20 @@ impl World {
     fn script(&self, dir: &Path, tapir: &Path, body: &str) -> String {
         let header = format!(
             "#!/bin/bash\n# Scenario {name}, written by tests/common/mod.rs.\n\
-             W='{w}'\nTAPIR='{tapir}'\nGUEST_KIND={kind}\nREMOTE={remote}\n\
-             GUEST_TIMEOUT={timeout}\n",
+             W='{w}'\nTAPIR='{tapir}'\nGUEST_KIND={kind}\nS4NN_IMPL={implementation}\n\
+             REMOTE={remote}\nGUEST_TIMEOUT={timeout}\n",
             name = self.name,
             w = dir.display(),
             tapir = tapir.display(),
             kind = match self.guest {
                 Guest::Tapir => "tapir",
                 Guest::Slirp4netns => "slirp4netns",
+                Guest::Compat(_) => "compat",
+            },
+            implementation = match self.guest {
+                Guest::Compat(Impl::Debian) => "debian",
+                Guest::Compat(Impl::Tapir) => "tapir",
+                Guest::Tapir | Guest::Slirp4netns => "none",
             },
             remote = u8::from(self.remote),
             timeout = self.guest_timeout.as_secs(),

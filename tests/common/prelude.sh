@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The prelude of every integration-test scenario (see tests/common/mod.rs, which writes the
-# variables W, TAPIR, GUEST_KIND, REMOTE, GUEST_TIMEOUT and BODY_LINE above it and the scenario
+# variables W, TAPIR, GUEST_KIND, S4NN_IMPL, REMOTE, GUEST_TIMEOUT and BODY_LINE above it and the scenario
 # body below it, and runs the result under `unshare --net --mount --pid --fork --mount-proc`).
 #
 # Theory of operation. The scenario runs as root in a fresh network, mount and PID namespace:
@@ -14,7 +14,14 @@
 #   3. defines the guest: `guest CMD...` runs CMD inside a rootless guest network, either under
 #      `tapir run` (GUEST_KIND=tapir, a fresh tapir per call, options from the TAPIR_ARGS array)
 #      or inside one slirp4netns-served namespace set up here (GUEST_KIND=slirp4netns), the
-#      reference the scenarios are checked against. The network helper always runs as uid 65534.
+#      reference the scenarios are checked against. The network helper always runs as uid 65534;
+#   4. or, instead of a guest (GUEST_KIND=compat), names the slirp4netns-compatible binary the
+#      scenario drives itself, raw or through rootlesskit and podman: $S4NN (Debian's slirp4netns
+#      or, with S4NN_IMPL=tapir, a symlink named slirp4netns to $TAPIR) and $S4NN_LOGGED, a
+#      wrapper also named slirp4netns that appends its pid, argv and fds to $S4NN_LOG before it
+#      execs $S4NN. It gives uid 65534 subordinate ids (private /etc/subuid and /etc/subgid), and
+#      a HOME and XDG_RUNTIME_DIR of its own ($W/home, and $W/run bound at /run/user/65534 on a
+#      private /run) for `as_rootless`.
 # Nothing here touches the machine outside the namespaces: when the body ends, the EXIT trap
 # kills what it started, and the PID namespace's end kills anything left.
 #
@@ -26,11 +33,14 @@
 #   wait_port [in_remote] tcp|udp PORT     wait_until SECS WHAT CMD...
 #   wait_ready FILE PID     wait for a background guest (PID) to create FILE
 #   guest CMD...            CMD in the guest (see 3.); tapir_run ARGS...: `tapir run ARGS` as 65534
+#   as_rootless CMD...      (compat) CMD as uid 65534 with HOME=$W/home, XDG_RUNTIME_DIR=/run/user/65534
+#   s4nn_api SOCKET JSON    (compat) one slirp4netns API request as uid 65534; prints the reply
+#   wait_gone SECS PID WHAT waits until process PID has exited (or is a zombie)
 #   check CMD...            check_eq WHAT ACTUAL EXPECTED      check_match WHAT ACTUAL ERE
 #   fail MESSAGE
 
 set -Eeuo pipefail
-: "${W:?}" "${TAPIR?}" "${GUEST_KIND:?}" "${REMOTE:?}" "${GUEST_TIMEOUT:?}" "${BODY_LINE:?}"
+: "${W:?}" "${TAPIR?}" "${GUEST_KIND:?}" "${S4NN_IMPL:?}" "${REMOTE:?}" "${GUEST_TIMEOUT:?}" "${BODY_LINE:?}"
 export W TAPIR
 export PATH="$W/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 export HOME="$W/tmp" LC_ALL=C
@@ -143,6 +153,17 @@ wait_ready() {
     done
 }
 
+# gone PID: PID has exited (a zombie counts: its parent has not reaped it yet).
+gone() {
+    [ ! -e "/proc/$1/stat" ] || [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" = Z ]
+}
+
+wait_gone() {
+    local -
+    set +x
+    wait_until "$1" "$3 (pid $2) to exit" gone "$2"
+}
+
 start() {
     local -
     set +x
@@ -223,7 +244,9 @@ tapir_run() {
     bounded as_user "$TAPIR" run "$@"
 }
 
-if [ "$GUEST_KIND" = tapir ]; then
+if [ "$GUEST_KIND" = compat ]; then
+    : # No guest: see 4.
+elif [ "$GUEST_KIND" = tapir ]; then
     guest() {
         tapir_run "${TAPIR_ARGS[@]}" -- "$@"
     }
@@ -243,5 +266,68 @@ else
         sh -c "nsenter --target $GUEST_PID --net ip -4 addr show tap0 | grep -q 10.0.2.100"
     guest() {
         bounded as_user nsenter --preserve-credentials --user --net --mount --target "$GUEST_PID" -- "$@"
+    }
+fi
+
+# --- 4. the slirp4netns-compatible binary --------------------------------------------------------
+if [ "$GUEST_KIND" = compat ]; then
+    mkdir -p "$W/bin/s4nn" "$W/bin/logged"
+    if [ "$S4NN_IMPL" = tapir ]; then
+        # How tapir is installed as a drop-in: it knows it is slirp4netns by the name it ran as.
+        ln -s "$TAPIR" "$W/bin/s4nn/slirp4netns"
+        S4NN="$W/bin/s4nn/slirp4netns"
+    else
+        S4NN=/usr/bin/slirp4netns
+    fi
+    # The wrapper runs as uid 65534 inside the clients' user namespaces, where root's files are
+    # nobody's: the log is writable by all.
+    S4NN_LOG="$W/log/slirp4netns-argv.log"
+    : >"$S4NN_LOG"
+    chmod 0666 "$S4NN_LOG"
+    cat >"$W/bin/logged/slirp4netns" <<EOF
+#!/bin/bash
+# Logs one line per run: its pid (which exec keeps), argv, and the fds it was given (listed by a
+# child, so that the listing opens none in this process); then becomes '$S4NN'.
+bash -c '
+    line="pid \$1 argv"
+    for arg in "\${@:2}"; do line+=" \$(printf %q "\$arg")"; done
+    line+=" fds"
+    for fd in /proc/\$1/fd/*; do
+        n=\${fd##*/}
+        [ "\$n" != 255 ] && target=\$(readlink "\$fd") && line+=" \$n=\$target"
+    done
+    printf "%s\\n" "\$line"
+' logger "\$\$" "\$0" "\$@" >>'$S4NN_LOG'
+exec '$S4NN' "\$@"
+EOF
+    chmod 0755 "$W/bin/logged/slirp4netns"
+    S4NN_LOGGED="$W/bin/logged/slirp4netns"
+
+    # Subordinate ids for uid 65534, seen only in this mount namespace (newuidmap and newgidmap
+    # read these files as root). A machine without the files at all gets empty ones, the only
+    # change made outside the namespace: a bind mount needs something to cover.
+    user_name=$(getent passwd 65534 | cut -d: -f1)
+    for ids in subuid subgid; do
+        [ -e "/etc/$ids" ] || : >>"/etc/$ids"
+        printf '%s:100000:65536\n' "$user_name" >"$W/etc/$ids"
+        chmod 0644 "$W/etc/$ids"
+        mount --bind "$W/etc/$ids" "/etc/$ids"
+    done
+    mkdir -p -m 0700 "$W/home" "$W/run"
+    chown 65534:65534 "$W/home" "$W/run"
+    # The runtime directory where a login would put it: podman names its API sockets
+    # $XDG_RUNTIME_DIR/libpod/tmp/<64 hex>.net, too long for a UNIX socket under $W. A fresh /run
+    # in this mount namespace holds it (bound from $W/run, so that a kept world keeps it).
+    mount -t tmpfs -o mode=0755,size=1m tapir-test-run /run
+    mkdir -p /run/user/65534
+    mount --bind "$W/run" /run/user/65534
+    # A program, not a function, so that `bounded as_rootless` and `start NAME as_rootless` work.
+    cat >"$W/bin/as_rootless" <<EOF
+#!/bin/sh
+exec setpriv --reuid=65534 --regid=65534 --clear-groups -- env HOME='$W/home' XDG_RUNTIME_DIR=/run/user/65534 "\$@"
+EOF
+    chmod 0755 "$W/bin/as_rootless"
+    s4nn_api() {
+        as_user actor s4nn-api "$1" "$2"
     }
 fi
