@@ -613,7 +613,13 @@ impl Network {
         }
         let host = match self.map.tcp(key.remote) {
             Route::Host(addr) => connect_tcp(addr, self.outbound(addr)),
-            _ => Err(io::Error::from(ErrorKind::PermissionDenied)),
+            // Nothing there (or not allowed): "network unreachable" at once, as slirp4netns
+            // answers a SYN to the gateway with host loopback disabled.
+            _ => {
+                log::debug!("tcp {} -> {}: unreachable", key.guest, key.remote);
+                self.stats.drop(DropReason::Refused);
+                return self.reject(frame, key.remote.ip());
+            }
         };
         let mut host = match host {
             Ok(host) => host,
@@ -738,7 +744,8 @@ impl Network {
         self.stats.udp_opened += 1;
     }
 
-    /// ICMP "administratively prohibited" back to the guest for a refused datagram or ping.
+    /// ICMP "network unreachable" back to the guest for a refused segment, datagram or ping
+    /// (the guest's connect or send fails at once with ENETUNREACH).
     fn reject(&mut self, frame: &[u8], from: IpAddr) {
         let Some(link) = self.link() else { return };
         let built = match from {
@@ -746,14 +753,14 @@ impl Network {
                 &mut self.scratch,
                 link,
                 from,
-                Icmpv4DstUnreachable::CommProhibited,
+                Icmpv4DstUnreachable::NetUnreachable,
                 &frame[14..],
             ),
             IpAddr::V6(from) => frame::unreachable_v6(
                 &mut self.scratch,
                 link,
                 from,
-                frame::UnreachableV6::AdminProhibit,
+                frame::UnreachableV6::NoRoute,
                 &frame[14..],
             ),
         };
@@ -1842,12 +1849,21 @@ mod test {
     }
 
     fn syn(dst: [u8; 4], port: u16) -> Vec<u8> {
+        segment(dst, port, TcpControl::Syn, None)
+    }
+
+    fn segment(
+        dst: [u8; 4],
+        port: u16,
+        control: TcpControl,
+        ack_number: Option<TcpSeqNumber>,
+    ) -> Vec<u8> {
         let tcp = TcpRepr {
             src_port: 40000 + port,
             dst_port: port,
-            control: TcpControl::Syn,
+            control,
             seq_number: TcpSeqNumber(1),
-            ack_number: None,
+            ack_number,
             window_len: 64240,
             window_scale: Some(7),
             max_seg_size: Some(1460),
@@ -1922,22 +1938,38 @@ mod test {
     }
 
     #[test]
-    fn syn_to_an_empty_address_is_reset() {
+    fn syn_to_an_empty_address_is_unreachable() {
         let (_poll, mut net) = network(Limits::default());
         net.handle_frame(Instant::now(), &syn([10, 0, 2, 50], 80));
         let out = sent(&mut net);
         assert_eq!(out.len(), 1);
-        assert_eq!(tcp_flags(&out[0]), Some((false, true)));
+        let ip = Ipv4Packet::new_checked(&out[0][14..]).unwrap();
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
+        assert_eq!(&ip.payload()[..2], &[3, 0]);
         assert_eq!(net.stats.drops(DropReason::Refused), 1);
         assert!(net.tcp.is_empty());
-        // Two minutes later smoltcp's neighbour cache has expired; the reset still goes out
-        // at once rather than after an ARP round.
+    }
+
+    #[test]
+    fn stray_segments_are_reset_even_after_the_stack_forgot_the_guest() {
+        let (_poll, mut net) = network(Limits::default());
+        let t0 = Instant::now();
         net.handle_frame(
-            Instant::now() + Duration::from_secs(120),
-            &syn([10, 0, 2, 50], 81),
+            t0,
+            &segment([10, 0, 2, 2], 80, TcpControl::None, Some(TcpSeqNumber(9))),
         );
         let out = sent(&mut net);
         assert_eq!(out.len(), 1);
+        assert_eq!(tcp_flags(&out[0]), Some((false, true)));
+        // Two minutes later smoltcp's neighbour cache has expired; the reset still goes out
+        // at once rather than after an ARP round.
+        let later = t0 + Duration::from_secs(120);
+        net.handle_frame(
+            later,
+            &segment([10, 0, 2, 2], 81, TcpControl::None, Some(TcpSeqNumber(9))),
+        );
+        let out = sent(&mut net);
+        assert_eq!(out.len(), 1, "an ARP request instead of the reset?");
         assert_eq!(tcp_flags(&out[0]), Some((false, true)));
     }
 
@@ -1996,7 +2028,7 @@ mod test {
     }
 
     #[test]
-    fn udp_to_a_refused_address_gets_icmp_prohibited() {
+    fn udp_to_a_refused_address_gets_icmp_unreachable() {
         let (_poll, mut net) = network(Limits::default());
         let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 77), 9);
         net.handle_frame(Instant::now(), &udp(dst, b"x"));
@@ -2004,7 +2036,7 @@ mod test {
         assert_eq!(out.len(), 1);
         let ip = Ipv4Packet::new_checked(&out[0][14..]).unwrap();
         assert_eq!(ip.next_header(), IpProtocol::Icmp);
-        assert_eq!(&ip.payload()[..2], &[3, 13]);
+        assert_eq!(&ip.payload()[..2], &[3, 0]);
     }
 
     #[test]

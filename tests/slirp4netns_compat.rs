@@ -3,8 +3,7 @@
 //!
 //! Every scenario runs against the binary its world names as `$S4NN` (see
 //! `World::slirp4netns_compat`): `Impl::Debian` is Debian's slirp4netns, which proves the
-//! scenario; `Impl::Tapir` is tapir behind a symlink named `slirp4netns`. The tapir twins are
-//! ignored until tapir's slirp4netns mode exists; un-ignoring them is the only change needed.
+//! scenario; `Impl::Tapir` is tapir behind a symlink named `slirp4netns`, checked the same way.
 //! The clients find the binary the way they do in the field: rootlesskit through
 //! `--slirp4netns-binary`, podman through `network_cmd_path` in containers.conf. Both are given
 //! `$S4NN_LOGGED`, a wrapper named slirp4netns that logs every argv to `log/slirp4netns-argv.log`
@@ -132,7 +131,6 @@ fn raw_workflow_debian() {
 }
 
 #[test]
-#[ignore = "tapir slirp4netns mode not merged yet"]
 fn raw_workflow_tapir() {
     World::slirp4netns_compat("s4nn_raw_tapir", Impl::Tapir)
         .needs(&["mkfifo", "python3"])
@@ -210,7 +208,6 @@ fn rootlesskit_debian() {
 }
 
 #[test]
-#[ignore = "tapir slirp4netns mode not merged yet"]
 fn rootlesskit_tapir() {
     World::slirp4netns_compat("s4nn_rootlesskit_tapir", Impl::Tapir)
         .with_remote()
@@ -321,7 +318,6 @@ fn podman_debian() {
 }
 
 #[test]
-#[ignore = "tapir slirp4netns mode not merged yet"]
 fn podman_tapir() {
     World::slirp4netns_compat("s4nn_podman_tapir", Impl::Tapir)
         .with_remote()

@@ -65,10 +65,11 @@ pub fn respond(table: &mut impl ForwardTable, request: &[u8]) -> Vec<u8> {
             }
         }
         Request::RemoveHostfwd { id } => {
+            // slirp4netns 1.2 answers an unknown (or already removed) id this way.
             if table.remove_forward(id) {
                 proto::remove_response()
             } else {
-                proto::error_response(&ApiError::RemoveFailed)
+                proto::error_response(&ApiError::BadId)
             }
         }
         Request::ListHostfwd => {
@@ -317,7 +318,7 @@ mod test {
                 &mut t,
                 r#"{"execute":"remove_hostfwd","arguments":{"id":1}}"#
             ),
-            r#"{"error":{"desc":"bad request: remove_hostfwd: slirp_remove_hostfwd failed"}}"#
+            r#"{"error":{"desc":"bad request: remove_hostfwd: bad arguments.id"}}"#
         );
     }
 
