@@ -41,6 +41,7 @@
 //! logging denials, and exempting tapir's own DNS forwarder, whose upstream is the host's
 //! resolver rather than a destination the guest chose.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -66,6 +67,18 @@ pub enum Proto {
     Tcp,
     Udp,
     Icmp,
+}
+
+impl Proto {
+    const ALL: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+
+    fn index(self) -> usize {
+        match self {
+            Proto::Tcp => 0,
+            Proto::Udp => 1,
+            Proto::Icmp => 2,
+        }
+    }
 }
 
 impl fmt::Display for Proto {
@@ -107,6 +120,22 @@ impl Cidr {
                 (u128::from(addr) ^ u128::from(ip)) & mask_v6(len) == 0
             }
             _ => false,
+        }
+    }
+
+    /// The first and last address covered in `family`, as numbers; `None` if it covers none.
+    fn span(&self, family: Family) -> Option<(u128, u128)> {
+        match (*self, family) {
+            (Cidr::All, _) => Some((0, family.last())),
+            (Cidr::V4 { addr, len }, Family::V4) => {
+                let lo = u32::from(addr) & mask_v4(len);
+                Some((lo.into(), (lo | !mask_v4(len)).into()))
+            }
+            (Cidr::V6 { addr, len }, Family::V6) => {
+                let lo = u128::from(addr) & mask_v6(len);
+                Some((lo, lo | !mask_v6(len)))
+            }
+            _ => None,
         }
     }
 }
@@ -197,6 +226,21 @@ impl Rule {
             (Some(range), _) => range.contains(dst.port()),
         };
         port_ok && self.dst.contains(dst.ip())
+    }
+
+    /// The addresses and ports this rule covers for one protocol and family, if any; the same
+    /// meaning as `matches`, in the form the compiled tables are built from.
+    fn coverage(&self, proto: Proto, family: Family) -> Option<((u128, u128), PortRange)> {
+        if self.proto.is_some_and(|p| p != proto) {
+            return None;
+        }
+        let ports = match (self.ports, proto) {
+            (None, _) => EVERY_PORT,
+            (Some(_), Proto::Icmp) => return None,
+            (Some(range), _) if range.lo > range.hi => return None,
+            (Some(range), _) => range,
+        };
+        Some((self.dst.span(family)?, ports))
     }
 }
 
@@ -595,6 +639,313 @@ fn parse_port(text: &str) -> Option<u16> {
     text.parse::<u16>().ok().filter(|&p| p != 0)
 }
 
+/// Every port, 0 included: what a rule without ports covers.
+const EVERY_PORT: PortRange = PortRange {
+    lo: 0,
+    hi: u16::MAX,
+};
+
+/// An address family: each has its own address line and its own tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+
+    /// The highest address, as a number.
+    fn last(self) -> u128 {
+        match self {
+            Family::V4 => u32::MAX.into(),
+            Family::V6 => u128::MAX,
+        }
+    }
+}
+
+/// A destination's family and position on that family's address line (IPv4-mapped as IPv4).
+fn address_key(ip: IpAddr) -> (Family, u128) {
+    match canonical(ip) {
+        IpAddr::V4(v4) => (Family::V4, u32::from(v4).into()),
+        IpAddr::V6(v6) => (Family::V6, u128::from(v6)),
+    }
+}
+
+/// The outcome for one flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// The index of the rule that matched; `None` when none did and the default (allow) applied.
+    pub rule: Option<usize>,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.action == Action::Allow
+    }
+}
+
+/// An ordered rule list, compiled for lookups, with a hit counter per rule.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: Vec<(Action, Rule)>,
+    hits: Vec<u64>,
+    default_hits: u64,
+    /// Indexed by `Proto::index` and then `Family::index`.
+    tables: [[Table; 2]; 3],
+}
+
+impl Policy {
+    /// Compiles `rules`: the first that matches a flow decides it, and none matching allows it.
+    pub fn new(rules: Vec<(Action, Rule)>) -> Policy {
+        let tables = Proto::ALL.map(|proto| {
+            Family::ALL.map(|family| {
+                let entries = rules.iter().enumerate().filter_map(|(index, (_, rule))| {
+                    let (span, ports) = rule.coverage(proto, family)?;
+                    Some((span, ports, index))
+                });
+                Table::new(entries, family.last())
+            })
+        });
+        Policy {
+            hits: vec![0; rules.len()],
+            rules,
+            default_hits: 0,
+            tables,
+        }
+    }
+
+    pub fn rules(&self) -> &[(Action, Rule)] {
+        &self.rules
+    }
+
+    /// What the policy says about a new flow to `dst` (the destination after address mapping;
+    /// for ICMP the port is ignored), without counting it.
+    pub fn lookup(&self, proto: Proto, dst: SocketAddr) -> Decision {
+        let (family, addr) = address_key(dst.ip());
+        let table = &self.tables[proto.index()][family.index()];
+        match table.lookup(addr, dst.port()) {
+            Some(index) => Decision {
+                action: self
+                    .rules
+                    .get(index)
+                    .map_or(Action::Allow, |(action, _)| *action),
+                rule: Some(index),
+            },
+            None => Decision {
+                action: Action::Allow,
+                rule: None,
+            },
+        }
+    }
+
+    /// Decides a new flow, as `lookup`, and counts the decision against its rule.
+    pub fn decide(&mut self, proto: Proto, dst: SocketAddr) -> Decision {
+        let decision = self.lookup(proto, dst);
+        let counter = match decision.rule {
+            Some(index) => self.hits.get_mut(index),
+            None => Some(&mut self.default_hits),
+        };
+        if let Some(counter) = counter {
+            *counter = counter.saturating_add(1);
+        }
+        decision
+    }
+
+    /// Each rule, in order, with the number of flows it decided.
+    pub fn rules_with_counters(&self) -> impl ExactSizeIterator<Item = (Action, &Rule, u64)> + '_ {
+        self.rules
+            .iter()
+            .zip(&self.hits)
+            .map(|((action, rule), hits)| (*action, rule, *hits))
+    }
+
+    /// The number of flows no rule matched, which the default allowed.
+    pub fn default_hits(&self) -> u64 {
+        self.default_hits
+    }
+}
+
+/// The rules of one protocol and family that share one network, as a step function from port
+/// to the lowest rule number covering it.
+#[derive(Debug, Clone)]
+struct Node {
+    /// Ascending; each step runs up to the next one's first port, and the first starts at 0.
+    steps: Vec<Step>,
+    /// The lowest rule number in this node.
+    first_rule: usize,
+    /// The lowest rule number here that covers every port: no node with only higher rule
+    /// numbers can decide anything under this one.
+    first_full: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Step {
+    first_port: u16,
+    rule: Option<usize>,
+}
+
+impl Node {
+    /// `rules`: (ports, rule number), in ascending rule number, at least one.
+    fn new(rules: &[(PortRange, usize)]) -> Node {
+        let mut steps: Vec<Step> = Vec::new();
+        let intervals = rules
+            .iter()
+            .map(|&(ports, rule)| (u128::from(ports.lo), u128::from(ports.hi), rule));
+        sweep(intervals, u16::MAX.into(), |port, live| {
+            let rule = live.first().copied();
+            if steps.last().is_some_and(|last| last.rule == rule) {
+                return;
+            }
+            // `sweep` stops at u16::MAX, so the port always fits.
+            let first_port = u16::try_from(port).unwrap_or(u16::MAX);
+            steps.push(Step { first_port, rule });
+        });
+        Node {
+            steps,
+            first_rule: rules.first().map_or(usize::MAX, |&(_, rule)| rule),
+            first_full: rules
+                .iter()
+                .find(|(ports, _)| *ports == EVERY_PORT)
+                .map(|&(_, rule)| rule),
+        }
+    }
+
+    fn rule_for(&self, port: u16) -> Option<usize> {
+        let step = self
+            .steps
+            .partition_point(|s| s.first_port <= port)
+            .checked_sub(1)?;
+        self.steps.get(step)?.rule
+    }
+}
+
+/// One protocol and family, compiled: the address line cut into segments, each with the nodes
+/// (networks) that cover it, sorted by their lowest rule number and cut off after the first
+/// node that has a rule for every port.
+#[derive(Debug, Clone, Default)]
+struct Table {
+    nodes: Vec<Node>,
+    /// Ascending first addresses; each segment runs up to the next one's first address, and
+    /// the first starts at 0. Empty when the table has no rules.
+    segments: Vec<u128>,
+    /// Segment `i` is covered by `chains[chain_at[i]..chain_at[i + 1]]`.
+    chain_at: Vec<usize>,
+    chains: Vec<usize>,
+}
+
+impl Table {
+    /// `entries`: (first and last address, ports, rule number), in ascending rule number.
+    fn new(entries: impl Iterator<Item = ((u128, u128), PortRange, usize)>, last: u128) -> Table {
+        let mut networks: BTreeMap<(u128, u128), Vec<(PortRange, usize)>> = BTreeMap::new();
+        for (span, ports, rule) in entries {
+            networks.entry(span).or_default().push((ports, rule));
+        }
+        if networks.is_empty() {
+            return Table::default();
+        }
+        let mut table = Table {
+            nodes: networks.values().map(|rules| Node::new(rules)).collect(),
+            ..Table::default()
+        };
+        let intervals = networks
+            .keys()
+            .enumerate()
+            .map(|(id, &(lo, hi))| (lo, hi, id));
+        sweep(intervals, last, |addr, live| table.push_segment(addr, live));
+        table.chain_at.push(table.chains.len());
+        table
+    }
+
+    fn push_segment(&mut self, first_addr: u128, live: &BTreeSet<usize>) {
+        let mut chain: Vec<usize> = live.iter().copied().collect();
+        chain.sort_by_key(|&id| self.nodes[id].first_rule);
+        if let Some(cap) = chain
+            .iter()
+            .filter_map(|&id| self.nodes[id].first_full)
+            .min()
+        {
+            chain.retain(|&id| self.nodes[id].first_rule <= cap);
+        }
+        if let Some(&from) = self.chain_at.last() {
+            if self.chains[from..] == chain[..] {
+                return;
+            }
+        }
+        self.segments.push(first_addr);
+        self.chain_at.push(self.chains.len());
+        self.chains.extend(chain);
+    }
+
+    fn lookup(&self, addr: u128, port: u16) -> Option<usize> {
+        let segment = self
+            .segments
+            .partition_point(|&first| first <= addr)
+            .checked_sub(1)?;
+        let from = *self.chain_at.get(segment)?;
+        let to = *self.chain_at.get(segment + 1)?;
+        let mut best: Option<usize> = None;
+        for node in self
+            .chains
+            .get(from..to)?
+            .iter()
+            .filter_map(|&id| self.nodes.get(id))
+        {
+            if best.is_some_and(|best| node.first_rule >= best) {
+                break;
+            }
+            if let Some(rule) = node.rule_for(port) {
+                best = Some(best.map_or(rule, |best| best.min(rule)));
+            }
+        }
+        best
+    }
+}
+
+/// Walks a line from 0 to `last` past inclusive intervals (`lo`, `hi`, id), calling `at` at 0
+/// and at every point where the set of covering intervals changes, with that set.
+fn sweep(
+    intervals: impl Iterator<Item = (u128, u128, usize)>,
+    last: u128,
+    mut at: impl FnMut(u128, &BTreeSet<usize>),
+) {
+    // (point, starts, id): an interval starts at `lo` and ends before `hi + 1`.
+    let mut events: Vec<(u128, bool, usize)> = Vec::new();
+    for (lo, hi, id) in intervals {
+        events.push((lo, true, id));
+        if hi < last {
+            events.push((hi + 1, false, id));
+        }
+    }
+    events.sort_unstable();
+    let mut live = BTreeSet::new();
+    let mut next = 0;
+    let mut point = 0;
+    loop {
+        while let Some(&(_, starts, id)) = events.get(next).filter(|e| e.0 == point) {
+            if starts {
+                live.insert(id);
+            } else {
+                live.remove(&id);
+            }
+            next += 1;
+        }
+        at(point, &live);
+        match events.get(next) {
+            Some(&(p, _, _)) => point = p,
+            None => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -897,6 +1248,364 @@ mod test {
             deny("::ffff:10.0.0.0/104").unwrap().to_string(),
             "10.0.0.0/8"
         );
+    }
+
+    fn sa(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn policy(lines: &[&str]) -> Policy {
+        let at = Origin::Line {
+            file: "test".into(),
+            line: 1,
+        };
+        Policy::new(lines.iter().map(|l| parse_line(l, &at).unwrap()).collect())
+    }
+
+    fn verdict(policy: &Policy, proto: Proto, dst: &str) -> (Action, Option<usize>) {
+        let d = policy.lookup(proto, sa(dst));
+        (d.action, d.rule)
+    }
+
+    #[test]
+    fn no_rules_allow_everything() {
+        let p = Policy::default();
+        assert_eq!(
+            verdict(&p, Proto::Tcp, "169.254.169.254:80"),
+            (Action::Allow, None)
+        );
+        assert_eq!(
+            verdict(&p, Proto::Icmp, "[fd00::1]:0"),
+            (Action::Allow, None)
+        );
+        assert_eq!(
+            verdict(&Policy::new(vec![]), Proto::Udp, "10.0.0.1:53"),
+            (Action::Allow, None)
+        );
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let p = policy(&[
+            "allow 10.1.2.3:5432/tcp",
+            "deny 10.0.0.0/8",
+            "allow 10.0.0.0/8",
+        ]);
+        assert_eq!(
+            verdict(&p, Proto::Tcp, "10.1.2.3:5432"),
+            (Action::Allow, Some(0))
+        );
+        assert_eq!(
+            verdict(&p, Proto::Udp, "10.1.2.3:5432"),
+            (Action::Deny, Some(1))
+        );
+        assert_eq!(
+            verdict(&p, Proto::Tcp, "10.1.2.3:5433"),
+            (Action::Deny, Some(1))
+        );
+        assert_eq!(
+            verdict(&p, Proto::Tcp, "11.0.0.1:80"),
+            (Action::Allow, None)
+        );
+    }
+
+    #[test]
+    fn allow_list_ends_in_deny_all() {
+        let p = policy(&[
+            "allow 192.0.2.0/24:443/tcp",
+            "allow 198.51.100.7",
+            "deny all",
+        ]);
+        assert_eq!(
+            verdict(&p, Proto::Tcp, "192.0.2.9:443"),
+            (Action::Allow, Some(0))
+        );
+        assert_eq!(
+            verdict(&p, Proto::Tcp, "192.0.2.9:80"),
+            (Action::Deny, Some(2))
+        );
+        assert_eq!(
+            verdict(&p, Proto::Udp, "192.0.2.9:443"),
+            (Action::Deny, Some(2))
+        );
+        assert_eq!(
+            verdict(&p, Proto::Icmp, "198.51.100.7:0"),
+            (Action::Allow, Some(1))
+        );
+        assert_eq!(
+            verdict(&p, Proto::Tcp, "[2001:db8::1]:443"),
+            (Action::Deny, Some(2))
+        );
+    }
+
+    #[test]
+    fn ports_and_protocols_qualify() {
+        let p = policy(&[
+            "deny 10.0.0.0/8:22/tcp",
+            "deny 10.0.0.0/8:50-60",
+            "deny all/icmp",
+        ]);
+        assert_eq!(verdict(&p, Proto::Tcp, "10.9.9.9:22").1, Some(0));
+        assert_eq!(verdict(&p, Proto::Udp, "10.9.9.9:22").1, None);
+        assert_eq!(verdict(&p, Proto::Udp, "10.9.9.9:50").1, Some(1));
+        assert_eq!(verdict(&p, Proto::Tcp, "10.9.9.9:60").1, Some(1));
+        assert_eq!(verdict(&p, Proto::Tcp, "10.9.9.9:61").1, None);
+        assert_eq!(verdict(&p, Proto::Tcp, "10.9.9.9:49").1, None);
+        // A rule with ports does not stop a ping; `/icmp` does, for every address.
+        assert_eq!(verdict(&p, Proto::Icmp, "10.9.9.9:22").1, Some(2));
+        assert_eq!(verdict(&p, Proto::Icmp, "[fd00::1]:0").1, Some(2));
+        let ping = policy(&["deny 10.0.0.0/8:22"]);
+        assert_eq!(verdict(&ping, Proto::Icmp, "10.9.9.9:22").1, None);
+        assert_eq!(verdict(&ping, Proto::Tcp, "10.9.9.9:0").1, None);
+    }
+
+    #[test]
+    fn families_are_apart_and_mapped_addresses_are_ipv4() {
+        let p = policy(&["deny 169.254.0.0/16", "deny ::/0/udp", "deny fd00::/8"]);
+        assert_eq!(verdict(&p, Proto::Tcp, "169.254.169.254:80").1, Some(0));
+        assert_eq!(
+            verdict(&p, Proto::Tcp, "[::ffff:169.254.169.254]:80").1,
+            Some(0)
+        );
+        // ::/0 is IPv6 only, and a mapped destination is IPv4.
+        assert_eq!(verdict(&p, Proto::Udp, "[::ffff:192.0.2.1]:53").1, None);
+        assert_eq!(verdict(&p, Proto::Udp, "[2001:db8::1]:53").1, Some(1));
+        assert_eq!(verdict(&p, Proto::Tcp, "[fdff:ffff::1]:80").1, Some(2));
+        assert_eq!(verdict(&p, Proto::Tcp, "[fe00::1]:80").1, None);
+    }
+
+    #[test]
+    fn address_line_edges() {
+        let p = policy(&[
+            "deny 0.0.0.0/8",
+            "deny 255.255.255.255",
+            "deny ::/128",
+            "deny ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "deny 10.0.0.0/31:1-1",
+            "deny 10.0.0.0/31:65535",
+        ]);
+        assert_eq!(verdict(&p, Proto::Tcp, "0.0.0.0:1").1, Some(0));
+        assert_eq!(verdict(&p, Proto::Tcp, "0.255.255.255:1").1, Some(0));
+        assert_eq!(verdict(&p, Proto::Tcp, "1.0.0.0:1").1, None);
+        assert_eq!(verdict(&p, Proto::Tcp, "255.255.255.254:1").1, None);
+        assert_eq!(verdict(&p, Proto::Tcp, "255.255.255.255:1").1, Some(1));
+        assert_eq!(verdict(&p, Proto::Tcp, "[::]:1").1, Some(2));
+        assert_eq!(verdict(&p, Proto::Tcp, "[::1]:1").1, None);
+        assert_eq!(
+            verdict(
+                &p,
+                Proto::Tcp,
+                "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:1"
+            )
+            .1,
+            Some(3)
+        );
+        assert_eq!(verdict(&p, Proto::Tcp, "10.0.0.1:0").1, None);
+        assert_eq!(verdict(&p, Proto::Tcp, "10.0.0.1:1").1, Some(4));
+        assert_eq!(verdict(&p, Proto::Tcp, "10.0.0.1:2").1, None);
+        assert_eq!(verdict(&p, Proto::Tcp, "10.0.0.1:65535").1, Some(5));
+        assert_eq!(verdict(&p, Proto::Tcp, "10.0.0.2:65535").1, None);
+    }
+
+    #[test]
+    fn hand_built_rules_do_not_break_matching() {
+        // Values the parser refuses but a caller could build: an empty port range, ports on an
+        // ICMP rule, an overlong prefix, host bits.
+        let rules = vec![
+            (
+                Action::Deny,
+                Rule {
+                    dst: Cidr::All,
+                    ports: Some(PortRange { lo: 9, hi: 1 }),
+                    proto: None,
+                },
+            ),
+            (
+                Action::Deny,
+                Rule {
+                    dst: Cidr::All,
+                    ports: Some(PortRange { lo: 1, hi: 9 }),
+                    proto: Some(Proto::Icmp),
+                },
+            ),
+            (Action::Deny, Rule::to(v4("10.0.0.7", 200))),
+            (Action::Deny, Rule::to(v6("fd00::7", 4))),
+        ];
+        let p = Policy::new(rules.clone());
+        for (proto, dst) in [
+            (Proto::Tcp, "1.2.3.4:5"),
+            (Proto::Icmp, "1.2.3.4:5"),
+            (Proto::Tcp, "10.0.0.7:5"),
+            (Proto::Tcp, "10.0.0.8:5"),
+            (Proto::Udp, "[f123::1]:5"),
+            (Proto::Udp, "[e123::1]:5"),
+        ] {
+            let naive = rules.iter().position(|(_, r)| r.matches(proto, sa(dst)));
+            assert_eq!(p.lookup(proto, sa(dst)).rule, naive, "{proto} {dst}");
+        }
+        assert_eq!(p.lookup(Proto::Tcp, sa("10.0.0.7:5")).rule, Some(2));
+        assert_eq!(p.lookup(Proto::Tcp, sa("[f123::1]:5")).rule, Some(3));
+    }
+
+    #[test]
+    fn decisions_are_counted_per_rule() {
+        let mut p = policy(&["deny 169.254.0.0/16", "allow 10.0.0.0/8", "deny all/udp"]);
+        for dst in [
+            "169.254.169.254:80",
+            "169.254.1.1:443",
+            "10.1.1.1:22",
+            "1.1.1.1:80",
+        ] {
+            p.decide(Proto::Tcp, sa(dst));
+        }
+        let d = p.decide(Proto::Udp, sa("1.1.1.1:53"));
+        assert_eq!(
+            d,
+            Decision {
+                action: Action::Deny,
+                rule: Some(2)
+            }
+        );
+        assert!(!d.allowed());
+        // `lookup` only looks.
+        p.lookup(Proto::Udp, sa("1.1.1.1:53"));
+        let counted: Vec<(Action, String, u64)> = p
+            .rules_with_counters()
+            .map(|(action, rule, hits)| (action, rule.to_string(), hits))
+            .collect();
+        assert_eq!(
+            counted,
+            vec![
+                (Action::Deny, "169.254.0.0/16".to_string(), 2),
+                (Action::Allow, "10.0.0.0/8".to_string(), 1),
+                (Action::Deny, "all/udp".to_string(), 1),
+            ]
+        );
+        assert_eq!(p.default_hits(), 1);
+        assert_eq!(p.rules().len(), 3);
+    }
+
+    /// splitmix64: a fixed sequence, so a failure reproduces.
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+            items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    // Few anchors and ports, so random rules nest, overlap and share edges.
+    const ANCHORS_V4: [u32; 6] = [
+        0,
+        0x0a00_0000,
+        0x0a01_0203,
+        0xa9fe_a9fe,
+        0xc000_0201,
+        u32::MAX,
+    ];
+    const ANCHORS_V6: [u128; 5] = [
+        0,
+        0xfd00 << 112,
+        (0xfd00 << 112) | 0x1_0000_0000,
+        0xfe80 << 112 | 1,
+        u128::MAX,
+    ];
+    const PORTS: [u16; 8] = [0, 1, 21, 22, 23, 443, 65534, 65535];
+
+    fn random_rule(rng: &mut Random) -> (Action, Rule) {
+        let dst = match rng.below(7) {
+            0 => Cidr::All,
+            1..=3 => {
+                let len = rng.below(33) as u8;
+                let addr = Ipv4Addr::from(rng.pick(&ANCHORS_V4) & mask_v4(len));
+                Cidr::V4 { addr, len }
+            }
+            _ => {
+                let len = rng.pick(&[0, 1, 7, 8, 16, 64, 96, 127, 128]);
+                let addr = Ipv6Addr::from(rng.pick(&ANCHORS_V6) & mask_v6(len));
+                Cidr::V6 { addr, len }
+            }
+        };
+        let ports = match rng.below(3) {
+            0 => None,
+            _ => {
+                let (a, b) = (rng.pick(&PORTS[1..]), rng.pick(&PORTS[1..]));
+                Some(PortRange {
+                    lo: a.min(b),
+                    hi: a.max(b),
+                })
+            }
+        };
+        let proto = match rng.below(5) {
+            0 => Some(Proto::Tcp),
+            1 => Some(Proto::Udp),
+            2 if ports.is_none() => Some(Proto::Icmp),
+            _ => None,
+        };
+        let action = if rng.below(2) == 0 {
+            Action::Allow
+        } else {
+            Action::Deny
+        };
+        (action, Rule { dst, ports, proto })
+    }
+
+    /// Destinations at and beside every edge of the rules' networks, plus the anchors.
+    fn probes(rules: &[(Action, Rule)]) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for &a in &ANCHORS_V4 {
+            ips.push(Ipv4Addr::from(a).into());
+            ips.push(Ipv4Addr::from(a).to_ipv6_mapped().into());
+        }
+        ips.extend(ANCHORS_V6.iter().map(|&a| IpAddr::from(Ipv6Addr::from(a))));
+        for (_, rule) in rules {
+            for family in Family::ALL {
+                let Some((lo, hi)) = rule.dst.span(family) else {
+                    continue;
+                };
+                for n in [lo.wrapping_sub(1), lo, hi, hi.wrapping_add(1)] {
+                    ips.push(match family {
+                        Family::V4 => Ipv4Addr::from(n as u32).into(),
+                        Family::V6 => Ipv6Addr::from(n).into(),
+                    });
+                }
+            }
+        }
+        ips
+    }
+
+    #[test]
+    fn compiled_matcher_agrees_with_the_first_match_scan() {
+        let mut rng = Random(8);
+        for round in 0..400 {
+            let count = rng.below(if round % 10 == 0 { 200 } else { 24 }) as usize;
+            let rules: Vec<(Action, Rule)> = (0..count).map(|_| random_rule(&mut rng)).collect();
+            let policy = Policy::new(rules.clone());
+            for ip in probes(&rules) {
+                for port in PORTS.iter().chain(&[2, 20, 24, 442, 444]) {
+                    for proto in Proto::ALL {
+                        let dst = SocketAddr::new(ip, *port);
+                        let naive = rules.iter().position(|(_, r)| r.matches(proto, dst));
+                        let decision = policy.lookup(proto, dst);
+                        assert_eq!(decision.rule, naive, "round {round}: {proto} {dst}");
+                        let action = naive.map_or(Action::Allow, |i| rules[i].0);
+                        assert_eq!(decision.action, action);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
