@@ -639,6 +639,56 @@ fn parse_port(text: &str) -> Option<u16> {
     text.parse::<u16>().ok().filter(|&p| p != 0)
 }
 
+/// The IPv4 networks of `--deny-private`: RFC 1918, link-local (with the cloud metadata service
+/// at 169.254.169.254), CGNAT (RFC 6598), "this network" (RFC 791 0/8), multicast, broadcast.
+const PRIVATE_V4: [(Ipv4Addr, u8); 8] = [
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    (Ipv4Addr::new(100, 64, 0, 0), 10),
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    (Ipv4Addr::BROADCAST, 32),
+];
+
+/// The IPv6 networks of `--deny-private`: unique local (RFC 4193), link-local, multicast.
+const PRIVATE_V6: [(Ipv6Addr, u8); 3] = [
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+];
+
+/// The rules `--deny-private` stands for: deny the private, link-local, CGNAT, multicast and
+/// broadcast networks, then each of `host_addrs` (the host's own addresses, read by the caller
+/// at start) that those do not already cover, for every protocol and port.
+///
+/// Loopback is left out, host addresses included: it is `--disable-host-loopback`'s to govern,
+/// and the gateway (10.0.2.2) reaches the policy as 127.0.0.1, so denying loopback here would
+/// take the gateway away too. Append these after the explicit rules, so that an explicit
+/// `--allow` can make an exception to the preset.
+pub fn deny_private(host_addrs: &[IpAddr]) -> Vec<(Action, Rule)> {
+    let networks = PRIVATE_V4
+        .iter()
+        .map(|&(addr, len)| Cidr::V4 { addr, len })
+        .chain(PRIVATE_V6.iter().map(|&(addr, len)| Cidr::V6 { addr, len }));
+    let mut denied: Vec<Cidr> = networks.collect();
+    for &ip in host_addrs {
+        let ip = canonical(ip);
+        if ip.is_loopback() || ip.is_unspecified() || denied.iter().any(|c| c.contains(ip)) {
+            continue;
+        }
+        denied.push(match ip {
+            IpAddr::V4(addr) => Cidr::V4 { addr, len: 32 },
+            IpAddr::V6(addr) => Cidr::V6 { addr, len: 128 },
+        });
+    }
+    denied
+        .into_iter()
+        .map(|dst| (Action::Deny, Rule::to(dst)))
+        .collect()
+}
+
 /// Every port, 0 included: what a rule without ports covers.
 const EVERY_PORT: PortRange = PortRange {
     lo: 0,
@@ -1483,6 +1533,92 @@ mod test {
         );
         assert_eq!(p.default_hits(), 1);
         assert_eq!(p.rules().len(), 3);
+    }
+
+    #[test]
+    fn deny_private_preset() {
+        let host: Vec<IpAddr> = [
+            "192.168.1.20",
+            "203.0.113.5",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::5",
+            "::ffff:203.0.113.6",
+            "203.0.113.5",
+            "0.0.0.0",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let rules = deny_private(&host);
+        let texts: Vec<String> = rules
+            .iter()
+            .map(|(action, rule)| format!("{action} {rule}"))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "deny 10.0.0.0/8",
+                "deny 172.16.0.0/12",
+                "deny 192.168.0.0/16",
+                "deny 169.254.0.0/16",
+                "deny 100.64.0.0/10",
+                "deny 0.0.0.0/8",
+                "deny 224.0.0.0/4",
+                "deny 255.255.255.255",
+                "deny fc00::/7",
+                "deny fe80::/10",
+                "deny ff00::/8",
+                // 192.168.1.20 is already covered; loopback and duplicates are left out.
+                "deny 203.0.113.5",
+                "deny 2001:db8::5",
+                "deny 203.0.113.6",
+            ]
+        );
+        let p = Policy::new(rules);
+        let denied = |dst: &str| !p.lookup(Proto::Tcp, sa(dst)).allowed();
+        for dst in [
+            "169.254.169.254:80",
+            "10.1.2.3:22",
+            "172.31.255.255:1",
+            "192.168.0.1:80",
+            "100.127.0.1:80",
+            "0.0.0.1:80",
+            "239.255.255.250:1900",
+            "255.255.255.255:67",
+            "[fd12::1]:80",
+            "[fe80::1]:80",
+            "[ff02::fb]:5353",
+            "203.0.113.5:8080",
+            "[2001:db8::5]:8080",
+            "[::ffff:10.0.0.1]:80",
+        ] {
+            assert!(denied(dst), "{dst} should be denied");
+        }
+        for dst in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "198.51.100.10:443",
+            "172.32.0.1:80",
+            "100.128.0.1:80",
+            "[2001:db8::6]:443",
+            "203.0.113.7:443",
+        ] {
+            assert!(!denied(dst), "{dst} should be allowed");
+        }
+    }
+
+    #[test]
+    fn explicit_allow_before_the_preset_is_an_exception() {
+        let at = Origin::Flag(Action::Allow);
+        let mut rules = vec![(
+            Action::Allow,
+            Rule::parse("10.1.2.3:5432/tcp", &at).unwrap(),
+        )];
+        rules.extend(deny_private(&[]));
+        let p = Policy::new(rules);
+        assert!(p.lookup(Proto::Tcp, sa("10.1.2.3:5432")).allowed());
+        assert!(!p.lookup(Proto::Tcp, sa("10.1.2.3:22")).allowed());
     }
 
     /// splitmix64: a fixed sequence, so a failure reproduces.
