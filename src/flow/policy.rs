@@ -45,6 +45,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use toml::de::DeValue;
+
 /// What a rule does with the flows it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -346,6 +348,14 @@ pub enum PolicyError {
     },
     #[error("{at} {text}: icmp has no ports, so a rule for it cannot name one")]
     IcmpPort { at: Origin, text: String },
+    #[error("{at} {message}")]
+    Toml { at: Origin, message: String },
+    #[error("{at} unknown key {key:?}; a policy file has only rules and deny-private")]
+    UnknownKey { at: Origin, key: String },
+    #[error("{at} rules must be a list of strings, each like \"deny 10.0.0.0/8\"")]
+    NotRuleList { at: Origin },
+    #[error("{at} deny-private must be true or false")]
+    NotBool { at: Origin },
 }
 
 /// Builds the errors for one piece of text, naming it the same way in each.
@@ -637,6 +647,85 @@ fn parse_port(text: &str) -> Option<u16> {
         return None;
     }
     text.parse::<u16>().ok().filter(|&p| p != 0)
+}
+
+/// A policy file, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyFile {
+    /// In file order.
+    pub rules: Vec<(Action, Rule)>,
+    /// `deny-private = true`: the caller appends `deny_private(host addresses)` after `rules`,
+    /// as for the flag.
+    pub deny_private: bool,
+}
+
+/// Parses a policy file's text; `file` names it in errors, which carry the line number.
+///
+/// The file is TOML with two keys, both optional; any other key is an error, so that a typo
+/// cannot quietly leave a policy empty:
+///
+/// ```toml
+/// deny-private = true
+/// rules = [
+///     "allow 10.1.2.3:5432/tcp",   # the database stays reachable
+///     "deny 10.0.0.0/8:22/tcp",
+/// ]
+/// ```
+///
+/// Each rule is a string in the `allow|deny DESTINATION` form of `parse_line`, rather than a
+/// table of fields, so that the file and the flags share one grammar and one set of messages.
+pub fn parse_file(file: &str, text: &str) -> Result<PolicyFile, PolicyError> {
+    let at = |offset: usize| Origin::Line {
+        file: file.to_string(),
+        line: line_of(text, offset),
+    };
+    let document = toml::de::DeTable::parse(text).map_err(|e| PolicyError::Toml {
+        at: at(e.span().map_or(0, |span| span.start)),
+        message: e.message().trim().replace('\n', "; "),
+    })?;
+    // Keys come sorted by name; report the first problem in file order instead.
+    let mut entries: Vec<_> = document.get_ref().iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+
+    let mut policy = PolicyFile::default();
+    for (key, value) in entries {
+        match (key.get_ref().as_ref(), value.get_ref()) {
+            ("rules", DeValue::Array(items)) => {
+                for item in items.iter() {
+                    let DeValue::String(line) = item.get_ref() else {
+                        return Err(PolicyError::NotRuleList {
+                            at: at(item.span().start),
+                        });
+                    };
+                    policy.rules.push(parse_line(line, &at(item.span().start))?);
+                }
+            }
+            ("rules", _) => {
+                return Err(PolicyError::NotRuleList {
+                    at: at(value.span().start),
+                });
+            }
+            ("deny-private", DeValue::Boolean(yes)) => policy.deny_private = *yes,
+            ("deny-private", _) => {
+                return Err(PolicyError::NotBool {
+                    at: at(value.span().start),
+                });
+            }
+            (other, _) => {
+                return Err(PolicyError::UnknownKey {
+                    at: at(key.span().start),
+                    key: other.to_string(),
+                });
+            }
+        }
+    }
+    Ok(policy)
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
+    before.iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// The IPv4 networks of `--deny-private`: RFC 1918, link-local (with the cloud metadata service
@@ -1619,6 +1708,82 @@ mod test {
         let p = Policy::new(rules);
         assert!(p.lookup(Proto::Tcp, sa("10.1.2.3:5432")).allowed());
         assert!(!p.lookup(Proto::Tcp, sa("10.1.2.3:22")).allowed());
+    }
+
+    fn file(text: &str) -> Result<PolicyFile, PolicyError> {
+        parse_file("policy.toml", text)
+    }
+
+    #[test]
+    fn policy_file() {
+        let text = r#"
+# Egress for CI jobs.
+deny-private = true
+rules = [
+    "allow 10.1.2.3:5432/tcp",   # the database
+    'deny [fd00::/8]:443/tcp',
+    "deny all/icmp",
+]
+"#;
+        let parsed = file(text).unwrap();
+        assert!(parsed.deny_private);
+        let texts: Vec<String> = parsed
+            .rules
+            .iter()
+            .map(|(action, rule)| format!("{action} {rule}"))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "allow 10.1.2.3:5432/tcp",
+                "deny [fd00::/8]:443/tcp",
+                "deny all/icmp"
+            ]
+        );
+        assert_eq!(file(""), Ok(PolicyFile::default()));
+        assert_eq!(
+            file("rules = []\ndeny-private = false"),
+            Ok(PolicyFile::default())
+        );
+    }
+
+    #[test]
+    fn policy_file_errors_name_file_and_line() {
+        let msg = |text: &str| file(text).unwrap_err().to_string();
+        assert_eq!(
+            msg("rules = [\n  \"deny 10.0.0.0/8\",\n  \"deny 10.0.0.0/33\",\n]"),
+            "policy.toml:3: deny 10.0.0.0/33: prefix length must be at most 32"
+        );
+        assert_eq!(
+            msg("rules = [\"allow 10.0.0.0/8:70000\"]"),
+            "policy.toml:1: allow 10.0.0.0/8:70000: port 70000 is not between 1 and 65535"
+        );
+        assert_eq!(
+            msg("\nrule = [\"deny all\"]"),
+            r#"policy.toml:2: unknown key "rule"; a policy file has only rules and deny-private"#
+        );
+        assert_eq!(
+            msg("rules = \"deny all\""),
+            r#"policy.toml:1: rules must be a list of strings, each like "deny 10.0.0.0/8""#
+        );
+        assert_eq!(
+            msg("rules = [\n\"deny all\",\n42]"),
+            r#"policy.toml:3: rules must be a list of strings, each like "deny 10.0.0.0/8""#
+        );
+        assert_eq!(
+            msg("deny-private = \"yes\""),
+            "policy.toml:1: deny-private must be true or false"
+        );
+        // The first problem in file order, although keys come sorted.
+        assert_eq!(
+            msg("zzz = 1\ndeny-private = 2"),
+            r#"policy.toml:1: unknown key "zzz"; a policy file has only rules and deny-private"#
+        );
+        let toml_error = msg("deny-private = true\nrules = [\"deny all\"\n");
+        assert!(toml_error.starts_with("policy.toml:"), "{toml_error}");
+        assert!(!toml_error.contains('\n'), "{toml_error}");
+        let duplicate = msg("rules = []\nrules = []");
+        assert!(duplicate.starts_with("policy.toml:2: "), "{duplicate}");
     }
 
     /// splitmix64: a fixed sequence, so a failure reproduces.
