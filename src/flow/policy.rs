@@ -31,6 +31,9 @@
 //! later node can hold a lower rule number. The tests check it against the plain first-match
 //! scan (`Rule::matches`) on random policies.
 //!
+//! Files. `--policy policy.toml` holds the same rules as `allow|deny DESTINATION` strings, and
+//! optionally `deny-private = true` (`parse_file`); errors name the file and line.
+//!
 //! Counting. `decide` counts each decision against the rule that made it (or the default), so
 //! `rules_with_counters` can answer the API. The policy is a plain value: replacing it is the
 //! caller's assignment, and nothing here holds a socket, reads a file or looks at the clock.
@@ -1907,6 +1910,35 @@ rules = [
                 }
             }
         }
+    }
+
+    #[test]
+    fn random_text_never_panics() {
+        // A taste of what the fuzzer will do, from the characters the grammar uses.
+        const PIECES: [&str; 24] = [
+            "0", "1", "9", "255", "65535", "70000", ".", ":", "::", "/", "-", "[", "]", "f",
+            "ffff", "all", "tcp", "icmp", "allow ", "deny ", " ", "\"", "=", "\n",
+        ];
+        let mut rng = Random(1);
+        let at = Origin::Flag(Action::Deny);
+        let mut parsed = Vec::new();
+        for _ in 0..20_000 {
+            let len = rng.below(12);
+            let text: String = (0..len).map(|_| rng.pick(&PIECES)).collect();
+            if let Ok(rule) = Rule::parse(&text, &at) {
+                parsed.push((Action::Deny, rule));
+            }
+            let _ = parse_line(&text, &at);
+            let _ = parse_file("fuzz.toml", &text);
+            let _ = parse_file("fuzz.toml", &format!("rules = [\"{text}\"]"));
+        }
+        let mut policy = Policy::new(parsed);
+        for ip in ["10.0.0.1", "::1", "255.255.255.255", "::ffff:1.2.3.4"] {
+            for proto in Proto::ALL {
+                policy.decide(proto, SocketAddr::new(ip.parse().unwrap(), 80));
+            }
+        }
+        assert!(policy.rules().len() > 10, "some random text should parse");
     }
 
     #[test]
