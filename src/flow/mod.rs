@@ -1,5 +1,6 @@
 //! (being written)
 pub mod addr;
 pub mod icmp;
+pub mod policy;
 pub mod tcp;
 pub mod udp;
