@@ -53,6 +53,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         resolv_conf: format!("nameserver {}\n", plan.dns),
     };
     let tap = TapConfig {
+        mac: None,
         name: "tap0".into(),
         mtu,
         plan,

@@ -78,6 +78,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         },
     };
     let tap_config = TapConfig {
+        mac: opts.macaddress,
         name: opts.tapname.clone(),
         mtu: opts.mtu,
         plan,
