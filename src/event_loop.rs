@@ -71,6 +71,8 @@ pub enum LoopError {
     Tap(#[source] io::Error),
     #[error("cannot write the capture: {0}")]
     Pcap(String),
+    #[error("{0}")]
+    Ready(String),
 }
 
 /// Everything the network needs to know, validated by the caller.
@@ -1606,23 +1608,24 @@ pub enum Ending {
 /// the guest sent has been written to its host socket: tapir acknowledged those bytes, so the
 /// guest believes them delivered.
 pub fn run(tap: OwnedFd, child: Pid, config: &NetworkConfig) -> Result<WaitStatus, LoopError> {
-    match serve(tap, config, Lifetime::Child(child), None, || ())? {
+    match serve(tap, config, Lifetime::Child(child), None, || Ok(()))? {
         Ending::Child(status) => Ok(status),
         _ => Ok(WaitStatus::StillAlive),
     }
 }
 
 /// Runs the network until `lifetime` ends. `api` (the slirp4netns JSON socket) is served from
-/// the same loop; `ready` is called once everything listens, before the first wait.
+/// the same loop; `ready` is called once everything is open and listens, before the first
+/// wait (the place to confine the process and then tell the caller); its error stops tapir.
 pub fn serve(
     tap: OwnedFd,
     config: &NetworkConfig,
     lifetime: Lifetime,
     api: Option<ApiServer>,
-    ready: impl FnOnce(),
+    ready: impl FnOnce() -> Result<(), String>,
 ) -> Result<Ending, LoopError> {
     let mut driver = Driver::new(tap, config, lifetime, api)?;
-    ready();
+    ready().map_err(LoopError::Ready)?;
     let mut ending = driver.initial_ending();
     while ending.is_none() {
         ending = driver.turn(None)?;

@@ -8,8 +8,10 @@
 //! once the TAP is held and the API socket listens.
 //!
 //! Compatibility notes (where tapir differs, and why):
-//! - `--enable-sandbox` and `--enable-seccomp` are accepted and logged; tapir does not yet
-//!   confine itself (the flags stay so that the clients that pass them keep working).
+//! - `--enable-seccomp` sets no_new_privs and installs an allow-list (`sys::sandbox`) before
+//!   the ready byte is written; a call outside it fails with EPERM instead of killing tapir.
+//! - `--enable-sandbox` is accepted and logged: tapir does not yet pivot into an empty mount
+//!   namespace (slirp4netns's sandbox); with `--enable-seccomp` it cannot open files anyway.
 //! - `--disable-dns`: TCP to the DNS address is refused at once rather than left to time out.
 //! - a termination signal ends tapir cleanly (the API socket file is removed), with the
 //!   128+N status a killed slirp4netns reports.
@@ -151,8 +153,15 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         Some(Some(fd)) => Lifetime::ExitFd(Some(fd)),
         None => Lifetime::ExitFd(None),
     };
-    let ending = event_loop::serve(tap, &config, lifetime, api, || signal_ready(ready_fd))
-        .map_err(|e| e.to_string())?;
+    let confine = opts.enable_seccomp;
+    let ready = || {
+        if confine {
+            crate::sys::sandbox::confine().map_err(|e| e.to_string())?;
+        }
+        signal_ready(ready_fd);
+        Ok(())
+    };
+    let ending = event_loop::serve(tap, &config, lifetime, api, ready).map_err(|e| e.to_string())?;
     Ok(match ending {
         Ending::ExitFd => {
             eprintln!("exitfd event");

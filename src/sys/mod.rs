@@ -13,6 +13,7 @@
 #![allow(unsafe_code)]
 
 pub mod fdpass;
+pub mod sandbox;
 pub mod tap;
 
 use std::fmt;
