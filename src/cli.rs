@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::forward::spec::PortForward;
 
@@ -46,6 +46,23 @@ pub struct RunArgs {
     /// --disable-host-loopback), DNS fd00::3.
     #[arg(short = '6', long)]
     pub enable_ipv6: bool,
+    /// Refuse new guest flows to CIDR[:PORT|:LO-HI][/tcp|/udp|/icmp] (or `all`). With
+    /// --allow, rules apply in the order given; the first match wins; the default is allow.
+    #[arg(long, value_name = "RULE")]
+    pub deny: Vec<String>,
+    /// Allow new guest flows to CIDR[:PORT|:LO-HI][/tcp|/udp|/icmp] (see --deny).
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<String>,
+    /// Refuse private, link-local, CGNAT, multicast and the host's own addresses (after the
+    /// explicit rules, so an --allow can make an exception).
+    #[arg(long)]
+    pub deny_private: bool,
+    /// Read rules from a TOML file: rules = ["allow ...", "deny ..."], deny-private = true.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// --deny and --allow merged in command-line order (filled in by `Cli::parse_ordered`).
+    #[arg(skip)]
+    pub rules: Vec<(crate::flow::policy::Action, String)>,
     /// Write every frame on the guest's TAP to this file (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
@@ -53,4 +70,31 @@ pub struct RunArgs {
     /// command gets one sentence rather than clap's usage block.)
     #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+impl Cli {
+    /// Parses the process's arguments like `Cli::parse`, and also keeps the relative order of
+    /// `--deny` and `--allow`, which two separate lists lose.
+    pub fn parse_ordered() -> Cli {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let (Command::Run(run), Some(sub)) =
+            (&mut cli.command, matches.subcommand_matches("run"))
+        {
+            run.rules = ordered_rules(sub);
+        }
+        cli
+    }
+}
+
+fn ordered_rules(m: &clap::ArgMatches) -> Vec<(crate::flow::policy::Action, String)> {
+    use crate::flow::policy::Action;
+    let mut rules = Vec::new();
+    for (id, action) in [("deny", Action::Deny), ("allow", Action::Allow)] {
+        if let (Some(indices), Some(values)) = (m.indices_of(id), m.get_many::<String>(id)) {
+            rules.extend(indices.zip(values).map(|(i, v)| (i, action, v.clone())));
+        }
+    }
+    rules.sort_by_key(|r| r.0);
+    rules.into_iter().map(|(_, a, v)| (a, v)).collect()
 }

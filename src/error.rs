@@ -12,6 +12,9 @@ pub enum Error {
     Namespace(#[from] NamespaceError),
     #[error(transparent)]
     Loop(#[from] LoopError),
+    /// A bad egress rule or policy file (the sentence names the text).
+    #[error("{0}")]
+    Policy(String),
 }
 
 impl Error {

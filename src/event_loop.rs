@@ -41,6 +41,7 @@ use crate::api::server::ApiServer;
 use crate::config::{AddressPlan, Ipv6Plan, Limits};
 use crate::flow::addr::{AddressMap, Route};
 use crate::flow::icmp::{self, EchoFlow, EchoKey};
+use crate::flow::policy::{self, Policy};
 use crate::flow::tcp::{HostSide, Verdict, new_socket, pump, single_set};
 use crate::flow::udp::{self, UdpFlow, UdpKind};
 use crate::forward::spec::{PortForward, Proto};
@@ -89,6 +90,8 @@ pub struct NetworkConfig {
     pub pcap: Option<PathBuf>,
     /// IPv6 (slirp4netns `-6`): the fd00::/64 plan, router advertisements, v6 flows.
     pub ipv6: bool,
+    /// Where new guest flows may go (default: anywhere).
+    pub policy: Policy,
 }
 
 /// Well within smoltcp's 60 s neighbour-cache lifetime.
@@ -160,6 +163,9 @@ pub struct Network {
     stack_knows_v6: HashMap<std::net::Ipv6Addr, (EthernetAddress, Instant)>,
     v6: Option<Ipv6Plan>,
     mtu: u32,
+    policy: Policy,
+    /// The host's own addresses, for `--deny-private` in a policy replaced at run time.
+    host_addrs: Vec<IpAddr>,
     dhcp: DhcpServer,
     ra: Option<RaSchedule>,
     tcp: Slab<TcpConn>,
@@ -261,6 +267,8 @@ impl Network {
             stack_knows_v6: HashMap::new(),
             v6,
             mtu: config.mtu,
+            policy: config.policy.clone(),
+            host_addrs: config.host_addrs.clone(),
             dhcp: DhcpServer::new(plan, config.mtu),
             ra: v6.map(|_| RaSchedule::new(now)),
             tcp: Slab::new(),
@@ -468,6 +476,40 @@ impl Network {
         }
     }
 
+    /// Asks the egress policy about a new flow from `guest` to `remote` (as the guest named
+    /// it), now mapped to the host address `addr`. The host's loopback (reached through the
+    /// gateway) is governed by the loopback switch alone, and tapir's own DNS forwarding is
+    /// exempt, so neither is asked. Denials are counted and logged (rate-limited).
+    fn allowed(
+        &mut self,
+        proto: policy::Proto,
+        guest: SocketAddr,
+        remote: SocketAddr,
+        addr: SocketAddr,
+    ) -> bool {
+        let dns = match remote.ip() {
+            IpAddr::V4(ip) => ip == self.plan().dns,
+            IpAddr::V6(ip) => self.v6.is_some_and(|v6| v6.dns == ip),
+        };
+        if addr.ip().is_loopback() || dns {
+            return true;
+        }
+        let decision = self.policy.decide(proto, addr);
+        if decision.allowed() {
+            return true;
+        }
+        self.stats.drop(DropReason::Denied);
+        let n = self.stats.drops(DropReason::Denied);
+        if n <= 10 || n.is_power_of_two() {
+            let rule = match decision.rule.and_then(|i| self.policy.rules().get(i)) {
+                Some((action, rule)) => format!("{action} {rule}"),
+                None => "the default".into(),
+            };
+            log::warn!("denied {proto} {guest} -> {addr} by rule {rule} ({n} denials so far)");
+        }
+        false
+    }
+
     fn dhcp(&mut self, now: Instant, client_mac: EthernetAddress, payload: &[u8]) {
         let Some(reply) = self.dhcp.handle(now, client_mac.0, payload) else {
             return;
@@ -612,6 +654,9 @@ impl Network {
             return self.stats.drop(DropReason::TcpPendingLimit);
         }
         let host = match self.map.tcp(key.remote) {
+            Route::Host(addr) if !self.allowed(policy::Proto::Tcp, key.guest, key.remote, addr) => {
+                return self.prohibit(frame, key.remote.ip());
+            }
             Route::Host(addr) => connect_tcp(addr, self.outbound(addr)),
             // Nothing there (or not allowed): "network unreachable" at once, as slirp4netns
             // answers a SYN to the gateway with host loopback disabled.
@@ -705,6 +750,9 @@ impl Network {
         let route = self.map.udp(key.remote);
         match route {
             Route::DnsRelay => self.dns_query(now, key, payload),
+            Route::Host(addr) if !self.allowed(policy::Proto::Udp, key.guest, key.remote, addr) => {
+                self.prohibit(frame, key.remote.ip())
+            }
             Route::Host(addr) => self.open_udp(now, key, addr, payload),
             Route::Local | Route::Refuse => {
                 self.stats.drop(DropReason::Refused);
@@ -747,20 +795,38 @@ impl Network {
     /// ICMP "network unreachable" back to the guest for a refused segment, datagram or ping
     /// (the guest's connect or send fails at once with ENETUNREACH).
     fn reject(&mut self, frame: &[u8], from: IpAddr) {
+        self.reject_with(frame, from, false);
+    }
+
+    /// ICMP "administratively prohibited": the egress policy refused the flow (the guest's
+    /// connect fails at once with EHOSTUNREACH).
+    fn prohibit(&mut self, frame: &[u8], from: IpAddr) {
+        self.reject_with(frame, from, true);
+    }
+
+    fn reject_with(&mut self, frame: &[u8], from: IpAddr, prohibited: bool) {
         let Some(link) = self.link() else { return };
         let built = match from {
             IpAddr::V4(from) => frame::unreachable_v4(
                 &mut self.scratch,
                 link,
                 from,
-                Icmpv4DstUnreachable::NetUnreachable,
+                if prohibited {
+                    Icmpv4DstUnreachable::CommProhibited
+                } else {
+                    Icmpv4DstUnreachable::NetUnreachable
+                },
                 &frame[14..],
             ),
             IpAddr::V6(from) => frame::unreachable_v6(
                 &mut self.scratch,
                 link,
                 from,
-                frame::UnreachableV6::NoRoute,
+                if prohibited {
+                    frame::UnreachableV6::AdminProhibit
+                } else {
+                    frame::UnreachableV6::NoRoute
+                },
                 &frame[14..],
             ),
         };
@@ -808,8 +874,18 @@ impl Network {
             }
         };
         let key = EchoKey { ident, src, dst };
-        let id = match self.icmp_index.get(&key) {
-            Some(&id) => id,
+        let existing = self.icmp_index.get(&key).copied();
+        let id = match existing {
+            Some(id) => id,
+            None if !self.allowed(
+                policy::Proto::Icmp,
+                SocketAddr::new(src, 0),
+                SocketAddr::new(dst, 0),
+                addr,
+            ) =>
+            {
+                return self.prohibit(frame, dst);
+            }
             None => {
                 if self.icmp.len() >= self.limits.max_icmp_flows {
                     return self.stats.drop(DropReason::IcmpFlowLimit);
@@ -1371,6 +1447,41 @@ impl crate::api::server::ForwardTable for Network {
         Network::forwards(self)
     }
 
+    fn policy(&self) -> (Vec<crate::api::proto::PolicyEntry>, u64) {
+        let rules = self
+            .policy
+            .rules_with_counters()
+            .map(|(action, rule, hits)| crate::api::proto::PolicyEntry {
+                action: action.to_string(),
+                rule: rule.to_string(),
+                hits,
+            })
+            .collect();
+        (rules, self.policy.default_hits())
+    }
+
+    fn set_policy(&mut self, rules: &[String], deny_private: bool) -> Result<(), String> {
+        // Each text is "allow RULE" or "deny RULE", as in a policy file.
+        let mut list = Vec::new();
+        for text in rules {
+            let origin = policy::Origin::Line {
+                file: "rules".into(),
+                line: list.len() + 1,
+            };
+            list.push(policy::parse_line(text, &origin).map_err(|e| e.to_string())?);
+        }
+        if deny_private {
+            list.extend(policy::deny_private(&self.host_addrs));
+        }
+        // Flows already open keep going: the policy is asked only when a flow opens.
+        self.policy = Policy::new(list);
+        log::info!(
+            "egress policy replaced: {} rules",
+            self.policy.rules().len()
+        );
+        Ok(())
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let s = &self.stats;
         let mut v = vec![
@@ -1815,6 +1926,10 @@ mod test {
     const GUEST_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x64]);
 
     fn network(limits: Limits) -> (Poll, Network) {
+        network_with(limits, Policy::default())
+    }
+
+    fn network_with(limits: Limits, policy: Policy) -> (Poll, Network) {
         let poll = Poll::new().unwrap();
         let config = NetworkConfig {
             plan: AddressPlan::default(),
@@ -1827,6 +1942,7 @@ mod test {
             outbound: (None, None),
             pcap: None,
             ipv6: false,
+            policy,
         };
         let net = Network::new(
             &config,
@@ -1948,6 +2064,46 @@ mod test {
         assert_eq!(&ip.payload()[..2], &[3, 0]);
         assert_eq!(net.stats.drops(DropReason::Refused), 1);
         assert!(net.tcp.is_empty());
+    }
+
+    /// Denied flows never reach a host socket (so this test sends nothing anywhere): the
+    /// guest gets "administratively prohibited" and the rule's counter moves.
+    #[test]
+    fn denied_flows_are_prohibited_and_counted() {
+        let rule = policy::Rule::parse(
+            "198.51.100.0/24",
+            &policy::Origin::Flag(policy::Action::Deny),
+        )
+        .unwrap();
+        let (_poll, mut net) = network_with(
+            Limits::default(),
+            Policy::new(vec![(policy::Action::Deny, rule)]),
+        );
+        net.handle_frame(Instant::now(), &syn([198, 51, 100, 10], 443));
+        let dst = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 10), 53);
+        net.handle_frame(Instant::now(), &udp(dst, b"q"));
+        let out = sent(&mut net);
+        assert_eq!(out.len(), 2);
+        for f in &out {
+            let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+            assert_eq!(&ip.payload()[..2], &[3, 13]);
+        }
+        assert!(net.tcp.is_empty() && net.udp.is_empty());
+        assert_eq!(net.stats.drops(DropReason::Denied), 2);
+        let (rules, default_hits) = crate::api::server::ForwardTable::policy(&net);
+        assert_eq!((rules[0].hits, default_hits), (2, 0));
+        // The host's loopback through the gateway is not the policy's business.
+        let mut all =
+            crate::api::server::ForwardTable::set_policy(&mut net, &["deny all".into()], false);
+        assert_eq!(all, Ok(()));
+        net.handle_frame(Instant::now(), &syn([10, 0, 2, 2], 1));
+        assert_eq!(net.tcp.len(), 1);
+        all = crate::api::server::ForwardTable::set_policy(
+            &mut net,
+            &["deny 10.0.0.0/33".into()],
+            false,
+        );
+        assert!(all.unwrap_err().contains("10.0.0.0/33"));
     }
 
     #[test]

@@ -1,8 +1,6 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use clap::Parser;
-
 use tapir::cli::{Cli, Command};
 
 fn main() {
@@ -23,7 +21,7 @@ fn main() {
         std::process::exit(tapir::commands::slirp4netns::main(&args[2..]));
     }
 
-    let cli = Cli::parse();
+    let cli = Cli::parse_ordered();
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => tapir::commands::run::run(args),

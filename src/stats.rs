@@ -37,10 +37,12 @@ pub enum DropReason {
     HostSocket,
     /// The DNS forwarder refused the query (malformed, or too many outstanding).
     Dns,
+    /// The egress policy denied a new flow.
+    Denied,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::Fragment,
@@ -55,6 +57,7 @@ impl DropReason {
         DropReason::TxQueueFull,
         DropReason::HostSocket,
         DropReason::Dns,
+        DropReason::Denied,
     ];
 
     /// A snake_case name for counters in the API.
@@ -74,6 +77,7 @@ impl DropReason {
             DropReason::TxQueueFull => "limit_tx_queue",
             DropReason::HostSocket => "drop_host_socket",
             DropReason::Dns => "drop_dns",
+            DropReason::Denied => "policy_denied",
         }
     }
 

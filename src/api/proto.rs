@@ -40,7 +40,7 @@ use crate::forward::spec::Proto;
 pub const REQUEST_BUFFER_LEN: usize = 4096;
 
 /// One API request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// `{"execute":"add_hostfwd","arguments":{...}}`: reply with [`add_response`].
     AddHostfwd(HostFwd),
@@ -50,6 +50,14 @@ pub enum Request {
     RemoveHostfwd { id: u64 },
     /// `{"execute":"stats"}` (tapir extension): reply with [`stats_response`].
     Stats,
+    /// `{"execute":"list_policy"}` (tapir extension): reply with [`policy_response`].
+    ListPolicy,
+    /// `{"execute":"set_policy","arguments":{"rules":["deny 10.0.0.0/8",...],
+    /// "deny_private":false}}` (tapir extension): replace the egress policy at once.
+    SetPolicy {
+        rules: Vec<String>,
+        deny_private: bool,
+    },
 }
 
 /// One host port forwarded into the guest.
@@ -65,7 +73,7 @@ pub struct HostFwd {
 }
 
 /// A request that cannot be carried out. `Display` is slirp4netns's `desc`, verbatim.
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ApiError {
     #[error("bad request: too large message")]
     TooLarge,
@@ -95,6 +103,11 @@ pub enum ApiError {
     BadId,
     #[error("bad request: remove_hostfwd: slirp_remove_hostfwd failed")]
     RemoveFailed,
+    #[error("bad request: set_policy: bad arguments.rules")]
+    BadRules,
+    /// A rule the policy parser refused; the text is its sentence.
+    #[error("bad request: set_policy: {0}")]
+    BadRule(String),
 }
 
 /// Parses one request: everything the client sent on its connection.
@@ -114,6 +127,8 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, ApiError> {
         "list_hostfwd" => Ok(Request::ListHostfwd),
         "remove_hostfwd" => parse_remove(arguments),
         "stats" => Ok(Request::Stats),
+        "list_policy" => Ok(Request::ListPolicy),
+        "set_policy" => parse_set_policy(arguments),
         _ => Err(ApiError::UnknownExecute),
     }
 }
@@ -258,6 +273,57 @@ pub fn stats_response(pairs: &[(&str, u64)]) -> Vec<u8> {
         .map(|(name, n)| format!("{}:{n}", json_string(name)))
         .collect();
     format!(r#"{{"return":{{{}}}}}"#, fields.join(",")).into_bytes()
+}
+
+fn parse_set_policy(arguments: Option<&Value>) -> Result<Request, ApiError> {
+    let arguments = arguments
+        .and_then(Value::as_object)
+        .ok_or(ApiError::BadRules)?;
+    let list = arguments
+        .get("rules")
+        .and_then(Value::as_array)
+        .ok_or(ApiError::BadRules)?;
+    let rules = list
+        .iter()
+        .map(|r| r.as_str().map(str::to_owned))
+        .collect::<Option<Vec<String>>>()
+        .ok_or(ApiError::BadRules)?;
+    let deny_private = match arguments.get("deny_private") {
+        None => false,
+        Some(v) => v.as_bool().ok_or(ApiError::BadRules)?,
+    };
+    Ok(Request::SetPolicy {
+        rules,
+        deny_private,
+    })
+}
+
+/// One rule of the policy for [`policy_response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEntry {
+    pub action: String,
+    pub rule: String,
+    pub hits: u64,
+}
+
+/// `{"return":{"rules":[{"action":"deny","rule":"10.0.0.0/8","hits":2},...],"default_hits":5}}`
+pub fn policy_response(rules: &[PolicyEntry], default_hits: u64) -> Vec<u8> {
+    let entries: Vec<String> = rules
+        .iter()
+        .map(|e| {
+            format!(
+                r#"{{"action":{},"rule":{},"hits":{}}}"#,
+                json_string(&e.action),
+                json_string(&e.rule),
+                e.hits
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"return":{{"rules":[{}],"default_hits":{default_hits}}}}}"#,
+        entries.join(",")
+    )
+    .into_bytes()
 }
 
 fn json_string(text: &str) -> String {
@@ -645,6 +711,43 @@ mod test {
         );
         assert_eq!(stats_response(&[]), br#"{"return":{}}"#);
         assert_eq!(stats_response(&[("a\"b", 1)]), br#"{"return":{"a\"b":1}}"#);
+    }
+
+    #[test]
+    fn policy_requests() {
+        assert_eq!(
+            parse_request(br#"{"execute":"list_policy"}"#),
+            Ok(Request::ListPolicy)
+        );
+        assert_eq!(
+            parse_request(br#"{"execute":"set_policy","arguments":{"rules":["deny all"],"deny_private":true}}"#),
+            Ok(Request::SetPolicy {
+                rules: vec!["deny all".into()],
+                deny_private: true
+            })
+        );
+        for bad in [
+            r#"{"execute":"set_policy"}"#,
+            r#"{"execute":"set_policy","arguments":{}}"#,
+            r#"{"execute":"set_policy","arguments":{"rules":"deny all"}}"#,
+            r#"{"execute":"set_policy","arguments":{"rules":[1]}}"#,
+            r#"{"execute":"set_policy","arguments":{"rules":[],"deny_private":"yes"}}"#,
+        ] {
+            assert_eq!(
+                parse_request(bad.as_bytes()),
+                Err(ApiError::BadRules),
+                "{bad}"
+            );
+        }
+        let entries = [PolicyEntry {
+            action: "deny".into(),
+            rule: "10.0.0.0/8".into(),
+            hits: 2,
+        }];
+        assert_eq!(
+            policy_response(&entries, 5),
+            br#"{"return":{"rules":[{"action":"deny","rule":"10.0.0.0/8","hits":2}],"default_hits":5}}"#
+        );
     }
 
     #[test]

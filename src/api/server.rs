@@ -18,7 +18,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::api::proto::{self, ApiError, HostFwd, Request};
+use crate::api::proto::{self, ApiError, HostFwd, PolicyEntry, Request};
 use crate::forward::spec::PortForward;
 
 /// Requests longer than this are refused (slirp4netns reads at most 4096 bytes).
@@ -28,12 +28,17 @@ pub const MAX_CLIENTS: usize = 16;
 /// A client that has not finished its request by then is dropped.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the API acts on: the running network's forwards and counters.
+/// What the API acts on: the running network's forwards, counters and egress policy.
 pub trait ForwardTable {
     fn add_forward(&mut self, fwd: PortForward, guest: Option<Ipv4Addr>) -> io::Result<u64>;
     fn remove_forward(&mut self, id: u64) -> bool;
     fn forwards(&self) -> Vec<(u64, PortForward, Ipv4Addr)>;
     fn counters(&self) -> Vec<(&'static str, u64)>;
+    /// The rules with their hit counts, and the default's.
+    fn policy(&self) -> (Vec<PolicyEntry>, u64);
+    /// Replaces the policy at once; on error (a sentence naming the bad rule) the old one
+    /// stays.
+    fn set_policy(&mut self, rules: &[String], deny_private: bool) -> Result<(), String>;
 }
 
 /// Answers one request (sans-I/O: bytes in, bytes out).
@@ -93,6 +98,17 @@ pub fn respond(table: &mut impl ForwardTable, request: &[u8]) -> Vec<u8> {
             let counters = table.counters();
             proto::stats_response(&counters)
         }
+        Request::ListPolicy => {
+            let (rules, default_hits) = table.policy();
+            proto::policy_response(&rules, default_hits)
+        }
+        Request::SetPolicy {
+            rules,
+            deny_private,
+        } => match table.set_policy(&rules, deny_private) {
+            Ok(()) => proto::remove_response(),
+            Err(sentence) => proto::error_response(&ApiError::BadRule(sentence)),
+        },
     }
 }
 
@@ -289,6 +305,15 @@ mod test {
         fn counters(&self) -> Vec<(&'static str, u64)> {
             vec![("tcp_open", 3)]
         }
+        fn policy(&self) -> (Vec<PolicyEntry>, u64) {
+            (Vec::new(), 0)
+        }
+        fn set_policy(&mut self, rules: &[String], _deny_private: bool) -> Result<(), String> {
+            match rules.iter().find(|r| r.contains('!')) {
+                Some(bad) => Err(format!("{bad}: bad")),
+                None => Ok(()),
+            }
+        }
     }
 
     fn ask(table: &mut Table, request: &str) -> String {
@@ -340,6 +365,18 @@ mod test {
         assert_eq!(t.entries[0].2, Ipv4Addr::new(10, 0, 2, 100));
         let v6 = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":18081,"guest_addr":"fd00::100","guest_port":80}}"#;
         assert!(ask(&mut t, v6).contains("bad arguments.guest_addr"));
+    }
+
+    #[test]
+    fn a_refused_policy_names_the_rule() {
+        let mut t = Table::default();
+        let ok = r#"{"execute":"set_policy","arguments":{"rules":["deny all"]}}"#;
+        assert_eq!(ask(&mut t, ok), r#"{"return":{}}"#);
+        let bad = r#"{"execute":"set_policy","arguments":{"rules":["deny !"]}}"#;
+        assert_eq!(
+            ask(&mut t, bad),
+            r#"{"error":{"desc":"bad request: set_policy: deny !: bad"}}"#
+        );
     }
 
     #[test]

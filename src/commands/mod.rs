@@ -53,3 +53,33 @@ pub fn outbound_address(spec: &str, v6: bool) -> Result<IpAddr, String> {
         format!("outbound address {spec}: no such address, nor an interface with one")
     })
 }
+
+/// The egress policy from the command line: `--deny`/`--allow` rules in the order given, then
+/// the rules of `--policy FILE`, then the `--deny-private` preset (from the flag or the file),
+/// so that an explicit allow is an exception to the preset.
+pub fn build_policy(
+    rules: &[(crate::flow::policy::Action, String)],
+    deny_private: bool,
+    file: Option<&std::path::Path>,
+    host_addrs: &[IpAddr],
+) -> Result<crate::flow::policy::Policy, String> {
+    use crate::flow::policy::{self, Origin, Policy, Rule};
+    let mut list = Vec::new();
+    for (action, text) in rules {
+        let rule = Rule::parse(text, &Origin::Flag(*action)).map_err(|e| e.to_string())?;
+        list.push((*action, rule));
+    }
+    let mut deny_private = deny_private;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the policy file {}: {e}", path.display()))?;
+        let parsed =
+            policy::parse_file(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+        list.extend(parsed.rules);
+        deny_private |= parsed.deny_private;
+    }
+    if deny_private {
+        list.extend(policy::deny_private(host_addrs));
+    }
+    Ok(Policy::new(list))
+}

@@ -25,6 +25,14 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
             plan.dns
         );
     }
+    let host_addrs = super::host_addresses();
+    let policy = super::build_policy(
+        &args.rules,
+        args.deny_private,
+        args.policy.as_deref(),
+        &host_addrs,
+    )
+    .map_err(Error::Policy)?;
     let config = NetworkConfig {
         plan,
         mtu,
@@ -32,10 +40,11 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         forwards: args.publish,
         vnet_hdr: true,
         nameservers,
-        host_addrs: super::host_addresses(),
+        host_addrs,
         outbound: (None, None),
         pcap: args.pcap,
         ipv6: args.enable_ipv6,
+        policy,
     };
     // Large flow buffers come from mmap, so an idle flow costs only the pages it touched.
     crate::sys::set_malloc_mmap_threshold(128 * 1024);
@@ -44,6 +53,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         resolv_conf: format!("nameserver {}\n", plan.dns),
     };
     let tap = TapConfig {
+        mac: None,
         name: "tap0".into(),
         mtu,
         plan,

@@ -78,6 +78,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         },
     };
     let tap_config = TapConfig {
+        mac: opts.macaddress,
         name: opts.tapname.clone(),
         mtu: opts.mtu,
         plan,
@@ -104,6 +105,14 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         },
         None => None,
     };
+    // Every option is checked before anything is started.
+    let host_addrs = super::host_addresses();
+    let policy = super::build_policy(
+        &opts.rules,
+        opts.deny_private,
+        opts.policy_file.as_deref(),
+        &host_addrs,
+    )?;
     let ready_fd = opts.ready_fd.and_then(crate::sys::inherited_fd);
     // Taken now so that it is open (or known closed) before anything else can reuse the number.
     let exit_fd = opts.exit_fd.map(crate::sys::inherited_fd);
@@ -126,10 +135,11 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         forwards: Vec::new(),
         vnet_hdr: tap_config.vnet_hdr,
         nameservers,
-        host_addrs: super::host_addresses(),
+        host_addrs,
         outbound: (outbound4, outbound6),
         pcap: opts.pcap.clone(),
         ipv6: opts.enable_ipv6,
+        policy,
     };
     crate::sys::set_malloc_mmap_threshold(128 * 1024);
     let lifetime = match exit_fd {

@@ -41,6 +41,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::config::{AddressPlan, ConfigError};
+use crate::flow::policy::Action;
 
 /// The slirp4netns version tapir stands in for, with tapir marked as semver build metadata.
 pub const VERSION: &str = "1.2.0+tapir";
@@ -130,6 +131,12 @@ pub struct Slirp4netnsOptions {
     pub macaddress: Option<[u8; 6]>,
     /// `--pcap FILE` (tapir extension): write every frame on the TAP to FILE.
     pub pcap: Option<PathBuf>,
+    /// `--deny RULE` / `--allow RULE` (tapir extension), in command-line order, unparsed.
+    pub rules: Vec<(Action, String)>,
+    /// `--deny-private` (tapir extension).
+    pub deny_private: bool,
+    /// `--policy FILE` (tapir extension).
+    pub policy_file: Option<PathBuf>,
     /// The `WARNING: ...` lines slirp4netns prints on stdout for this command line, in order.
     pub warnings: Vec<String>,
 }
@@ -259,6 +266,10 @@ enum Opt {
     MacAddress,
     TargetType,
     Pcap,
+    Deny,
+    Allow,
+    DenyPrivate,
+    Policy,
 }
 
 impl Opt {
@@ -277,6 +288,9 @@ impl Opt {
                 | Opt::MacAddress
                 | Opt::TargetType
                 | Opt::Pcap
+                | Opt::Deny
+                | Opt::Allow
+                | Opt::Policy
         )
     }
 }
@@ -305,6 +319,10 @@ const LONG_OPTIONS: &[(&str, Opt)] = &[
     ("macaddress", Opt::MacAddress),
     ("target-type", Opt::TargetType),
     ("pcap", Opt::Pcap),
+    ("deny", Opt::Deny),
+    ("allow", Opt::Allow),
+    ("deny-private", Opt::DenyPrivate),
+    ("policy", Opt::Policy),
 ];
 
 /// The getopt string `ce:r:m:a:6hv`.
@@ -340,6 +358,9 @@ struct Raw {
     macaddress: Option<OsString>,
     target_type: Option<OsString>,
     pcap: Option<PathBuf>,
+    rules: Vec<(Action, String)>,
+    deny_private: bool,
+    policy: Option<PathBuf>,
     warnings: Vec<String>,
 }
 
@@ -498,6 +519,7 @@ fn apply(raw: &mut Raw, opt: Opt, value: Option<&OsStr>) -> Result<Option<Parsed
             raw.enable_sandbox = true;
         }
         Opt::EnableSandbox => raw.enable_sandbox = true,
+        Opt::DenyPrivate => raw.deny_private = true,
         Opt::EnableSeccomp => {
             raw.warnings
                 .push("WARNING: Support for seccomp is experimental".into());
@@ -531,6 +553,13 @@ fn apply(raw: &mut Raw, opt: Opt, value: Option<&OsStr>) -> Result<Option<Parsed
         Opt::MacAddress => raw.macaddress = Some(value.to_owned()),
         Opt::TargetType => raw.target_type = Some(value.to_owned()),
         Opt::Pcap => raw.pcap = Some(PathBuf::from(value)),
+        Opt::Deny => raw
+            .rules
+            .push((Action::Deny, value.to_string_lossy().into_owned())),
+        Opt::Allow => raw
+            .rules
+            .push((Action::Allow, value.to_string_lossy().into_owned())),
+        Opt::Policy => raw.policy = Some(PathBuf::from(value)),
     }
     Ok(None)
 }
@@ -613,6 +642,9 @@ fn finish(raw: Raw, positionals: &[&OsStr]) -> Result<Slirp4netnsOptions, ArgsEr
         disable_dns: raw.disable_dns,
         macaddress,
         pcap: raw.pcap,
+        rules: raw.rules,
+        deny_private: raw.deny_private,
+        policy_file: raw.policy,
         warnings,
     })
 }
@@ -754,6 +786,10 @@ pub fn help_text() -> String {
         "--target-type=TYPE       specify the target type ([netns], default=netns; tapir does \
          not support bess)",
         "--pcap=FILE              write every frame on the TAP to FILE in pcap format (tapir)",
+        "--deny=RULE              refuse new flows to CIDR[:PORT|:LO-HI][/tcp|/udp|/icmp] (tapir)",
+        "--allow=RULE             allow them; rules apply in order, first match wins (tapir)",
+        "--deny-private           refuse private, link-local and the host's addresses (tapir)",
+        "--policy=FILE            rules from a TOML file: rules = [...], deny-private (tapir)",
         "-h, --help               show this help and exit",
         "-v, --version            show version and exit",
         "",

@@ -155,6 +155,9 @@ fn open_and_configure(tap: &TapConfig, configure: bool) -> Result<OwnedFd, Child
     nl.link_set_up(lo)?;
     let index = nl.link_index(&tap.name)?;
     nl.link_set_mtu(index, tap.mtu)?;
+    if let Some(mac) = tap.mac {
+        nl.link_set_mac(index, mac)?;
+    }
     nl.addr_add_v4(index, tap.plan.guest, tap.plan.prefix_len)?;
     // Up before the route: the gateway is only reachable once the subnet route exists.
     nl.link_set_up(index)?;

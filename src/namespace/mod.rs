@@ -49,6 +49,8 @@ pub struct TapConfig {
     pub plan: AddressPlan,
     /// Prefix frames with a virtio-net header and enable checksum/TSO offload.
     pub vnet_hdr: bool,
+    /// The TAP's own MAC address, set when configuring (slirp4netns `--macaddress`).
+    pub mac: Option<[u8; 6]>,
 }
 
 /// What to run as the guest.
@@ -445,6 +447,7 @@ mod test {
 
     fn tap_config() -> TapConfig {
         TapConfig {
+            mac: None,
             name: "tap0".into(),
             mtu: 65520,
             plan: AddressPlan::default(),
