@@ -102,13 +102,14 @@ expect_denied() {
         want=$(denial_of "$spec")
         awk -v w="$want" '$3 == w && $4 == "after" && $5 < 1.0 { found = 1 } END { exit !found }' <<<"$line" ||
             fail "$spec should be denied at once ($want in under 1 s, from ICMP administratively prohibited), got: '$line'"
-        # Nothing reached a server: the flow never left tapir.
+        # Nothing reached a server (of the same protocol): the flow never left tapir.
         dest=${spec#*:}
         case $spec in
             tcp:*|udp:*)
                 seen=$( { tail -n +"$((WORLD_MARK + 1))" "$W/log/world.log"
                           tail -n +"$((HOST_MARK + 1))" "$W/log/host.log"; } |
-                        awk -v d="$dest" '$2 == d && $3 == "from"' | head -1)
+                        awk -v d="$dest" -v udp="${spec%%:*}" \
+                            '$2 == d && $3 == "from" && (($1 == "udp") == (udp == "udp"))' | head -1)
                 [ -z "$seen" ] || fail "$spec was denied in the guest, yet a server saw it: '$seen'"
                 ;;
         esac
