@@ -86,6 +86,7 @@ pub struct World {
     name: String,
     guest: Guest,
     remote: bool,
+    egress: bool,
     tools: Vec<&'static str>,
     deadline: Duration,
     guest_timeout: Duration,
@@ -127,6 +128,7 @@ impl World {
             name: name.to_string(),
             guest,
             remote: false,
+            egress: false,
             tools: Vec::new(),
             deadline: Duration::from_secs(60),
             guest_timeout: Duration::from_secs(30),
@@ -137,6 +139,18 @@ impl World {
     /// (198.51.100.1) over a veth.
     pub fn with_remote(mut self) -> World {
         self.remote = true;
+        self
+    }
+
+    /// Makes the remote host "the world" of the egress-policy tests: besides 198.51.100.10 (and
+    /// 2001:db8:100::10), a private LAN (10.1.2.3, 10.1.2.4, fd42::3, fd42::4) and a metadata
+    /// service (169.254.169.254), each on a veth of its own from the host, all serving TCP on
+    /// 22, 80 and 443, a TCP echo on 7, UDP echo on 7 and 22, and ping; and a server on the
+    /// host's own port 8088. See section 2b of prelude.sh. Implies [`World::with_remote`].
+    pub fn with_egress_world(mut self) -> World {
+        self.remote = true;
+        self.egress = true;
+        self.tools.push("ping");
         self
     }
 
@@ -250,7 +264,7 @@ impl World {
         let header = format!(
             "#!/bin/bash\n# Scenario {name}, written by tests/common/mod.rs.\n\
              W='{w}'\nTAPIR='{tapir}'\nGUEST_KIND={kind}\nS4NN_IMPL={implementation}\n\
-             REMOTE={remote}\nGUEST_TIMEOUT={timeout}\n",
+             REMOTE={remote}\nEGRESS_WORLD={egress}\nGUEST_TIMEOUT={timeout}\n",
             name = self.name,
             w = dir.display(),
             tapir = tapir.display(),
@@ -265,6 +279,7 @@ impl World {
                 Guest::Tapir | Guest::Slirp4netns => "none",
             },
             remote = u8::from(self.remote),
+            egress = u8::from(self.egress),
             timeout = self.guest_timeout.as_secs(),
         );
         // BODY_LINE is the line before the body, so that LINENO - BODY_LINE is a body line.

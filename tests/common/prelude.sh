@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The prelude of every integration-test scenario (see tests/common/mod.rs, which writes the
-# variables W, TAPIR, GUEST_KIND, S4NN_IMPL, REMOTE, GUEST_TIMEOUT and BODY_LINE above it and the scenario
+# variables W, TAPIR, GUEST_KIND, S4NN_IMPL, REMOTE, EGRESS_WORLD, GUEST_TIMEOUT and BODY_LINE above it and the scenario
 # body below it, and runs the result under `unshare --net --mount --pid --fork --mount-proc`).
 #
 # Theory of operation. The scenario runs as root in a fresh network, mount and PID namespace:
@@ -11,6 +11,8 @@
 #      ping sockets allowed for every group in this network namespace;
 #   2. optionally (REMOTE=1) adds a "remote host": a further network namespace behind a veth,
 #      host 198.51.100.1/24 <-> remote 198.51.100.10/24; run things there with `in_remote`;
+#      with EGRESS_WORLD=1 that namespace becomes "the world" of the egress-policy tests (2b.):
+#      an internet host, a metadata service, private and IPv6 ULA hosts, all serving;
 #   3. defines the guest: `guest CMD...` runs CMD inside a rootless guest network, either under
 #      `tapir run` (GUEST_KIND=tapir, a fresh tapir per call, options from the TAPIR_ARGS array)
 #      or inside one slirp4netns-served namespace set up here (GUEST_KIND=slirp4netns), the
@@ -40,7 +42,7 @@
 #   fail MESSAGE
 
 set -Eeuo pipefail
-: "${W:?}" "${TAPIR?}" "${GUEST_KIND:?}" "${S4NN_IMPL:?}" "${REMOTE:?}" "${GUEST_TIMEOUT:?}" "${BODY_LINE:?}"
+: "${W:?}" "${TAPIR?}" "${GUEST_KIND:?}" "${S4NN_IMPL:?}" "${REMOTE:?}" "${EGRESS_WORLD:?}" "${GUEST_TIMEOUT:?}" "${BODY_LINE:?}"
 export W TAPIR
 export PATH="$W/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 export HOME="$W/tmp" LC_ALL=C
@@ -237,6 +239,57 @@ if [ "$REMOTE" = 1 ]; then
     in_remote ip addr add "$REMOTE_ADDR/24" dev to-host
     in_remote ip link set to-host up
     wait_until 5 "the veth to the remote host" ping -c 1 -W 1 "$REMOTE_ADDR"
+fi
+
+# --- 2b. the egress world ------------------------------------------------------------------------
+# With EGRESS_WORLD=1 (which comes with REMOTE=1) the remote host's namespace plays every
+# destination an egress policy tells apart, each on a link of its own from the host, whose side
+# holds an address on it and so routes to it (all inside this scenario's namespaces):
+#   to-host      the internet      host 198.51.100.1/24, 2001:db8:100::1/64
+#                                  world 198.51.100.10 ($INTERNET), 2001:db8:100::10 ($INTERNET6)
+#   to-private   a private LAN     host 10.1.2.1/24, fd42::1/64
+#                                  world 10.1.2.3 ($PRIVATE), 10.1.2.4 ($PRIVATE2),
+#                                        fd42::3 ($ULA), fd42::4 ($ULA2)
+#   to-metadata  link-local        host 169.254.169.1/16; world 169.254.169.254 ($METADATA)
+# One `actor serve` there (log/world.log, a line per connection or datagram naming the address
+# and port it reached) serves on each world address: tcp-whoami-like `tcp` on 22, 80 and 443, a
+# TCP `echo` on 7, UDP echo on 7 and 22; the kernel answers ping. On the host itself, `serve`
+# (log/host.log) answers `tcp` on 0.0.0.0:8088 and [::]:8088: what the guest reaches through
+# 10.0.2.2 / fd00::2 (loopback) and through the host's own addresses.
+INTERNET=198.51.100.10 INTERNET6=2001:db8:100::10
+PRIVATE=10.1.2.3 PRIVATE2=10.1.2.4 ULA=fd42::3 ULA2=fd42::4 METADATA=169.254.169.254
+if [ "$EGRESS_WORLD" = 1 ]; then
+    [ "$REMOTE" = 1 ] || fail "EGRESS_WORLD=1 needs REMOTE=1"
+    # nodad: the addresses are usable at once, not tentative for a second or two.
+    ip -6 addr add 2001:db8:100::1/64 dev to-remote nodad
+    in_remote ip -6 addr add "$INTERNET6/64" dev to-host nodad
+    ip link add to-private type veth peer name private netns "$REMOTE_PID"
+    ip link add to-metadata type veth peer name metadata netns "$REMOTE_PID"
+    ip addr add 10.1.2.1/24 dev to-private
+    ip -6 addr add fd42::1/64 dev to-private nodad
+    ip addr add 169.254.169.1/16 dev to-metadata
+    ip link set to-private up
+    ip link set to-metadata up
+    for addr in "$PRIVATE/24" "$PRIVATE2/24"; do
+        in_remote ip addr add "$addr" dev private
+    done
+    for addr in "$ULA/64" "$ULA2/64"; do
+        in_remote ip -6 addr add "$addr" dev private nodad
+    done
+    in_remote ip addr add "$METADATA/16" dev metadata
+    in_remote ip link set private up
+    in_remote ip link set metadata up
+    world_specs=()
+    for addr in "$INTERNET" "$PRIVATE" "$PRIVATE2" "$METADATA" "[$INTERNET6]" "[$ULA]" "[$ULA2]"; do
+        world_specs+=("tcp:$addr:22" "tcp:$addr:80" "tcp:$addr:443" "echo:$addr:7" "udp:$addr:7" "udp:$addr:22")
+    done
+    start world in_remote actor serve "$W/tmp/world.ready" "${world_specs[@]}"
+    start host actor serve "$W/tmp/host.ready" tcp:0.0.0.0:8088 "tcp:[::]:8088"
+    wait_until 10 "the world's servers" test -e "$W/tmp/world.ready"
+    wait_until 10 "the host's servers" test -e "$W/tmp/host.ready"
+    for addr in "$INTERNET" "$PRIVATE" "$PRIVATE2" "$METADATA" "$INTERNET6" "$ULA" "$ULA2"; do
+        wait_until 5 "$addr to answer ping from the host" ping -c 1 -W 1 "$addr"
+    done
 fi
 
 # --- 3. the guest --------------------------------------------------------------------------------
