@@ -161,7 +161,8 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         signal_ready(ready_fd);
         Ok(())
     };
-    let ending = event_loop::serve(tap, &config, lifetime, api, ready).map_err(|e| e.to_string())?;
+    let ending =
+        event_loop::serve(tap, &config, lifetime, api, ready).map_err(|e| e.to_string())?;
     Ok(match ending {
         Ending::ExitFd => {
             eprintln!("exitfd event");

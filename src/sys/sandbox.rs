@@ -98,7 +98,9 @@ pub fn confine() -> Result<(), SandboxError> {
         arch: arch.to_string(),
         message,
     };
-    let target = arch.try_into().map_err(|e: seccompiler::BackendError| build(e.to_string()))?;
+    let target = arch
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| build(e.to_string()))?;
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
     let filter = SeccompFilter::new(
@@ -108,6 +110,8 @@ pub fn confine() -> Result<(), SandboxError> {
         target,
     )
     .map_err(|e| build(e.to_string()))?;
-    let program: BpfProgram = filter.try_into().map_err(|e: seccompiler::BackendError| build(e.to_string()))?;
+    let program: BpfProgram = filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| build(e.to_string()))?;
     seccompiler::apply_filter(&program).map_err(|e| SandboxError::Install(e.to_string()))
 }
