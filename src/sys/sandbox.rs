@@ -15,6 +15,7 @@
 //!   futex, getpid, gettid, getrandom, exit, exit_group, wait4 (a forwarded command's exit);
 //! - files already open: fstat/newfstatat/statx, lseek, and unlink/unlinkat for the API
 //!   socket at exit.
+//!
 //! Not on it: execve, fork/clone, ptrace, mount, open/openat, setns/unshare, bpf, ...
 
 use std::collections::BTreeMap;
