@@ -178,7 +178,7 @@ fn slirp4netns_reference_the_whole_world_is_reachable() {
     );
 }
 
-/// 1. `--deny-private`: the internet stays reachable over TCP, UDP and ping, IPv4 and IPv6; the
+/// Case 1: `--deny-private`: the internet stays reachable over TCP, UDP and ping, IPv4 and IPv6; the
 /// metadata service, the private hosts, the ULA hosts and the host's own (non-loopback) addresses
 /// are denied for each; DNS through 10.0.2.3 / fd00::3 and the host's loopback through 10.0.2.2 /
 /// fd00::2 keep working.
@@ -212,7 +212,7 @@ check_match "A big.tapir.test over TCP through 10.0.2.3" "$(probe_line dnstcp:10
     );
 }
 
-/// 1b. The forwarder at 10.0.2.3 is exempt even when the host's resolver is itself a private
+/// Case 1b: The forwarder at 10.0.2.3 is exempt even when the host's resolver is itself a private
 /// address (here 10.1.2.3, over UDP and over TCP), while the guest asking 10.1.2.3 directly is
 /// denied like any other private destination.
 #[test]
@@ -235,7 +235,7 @@ check grep -q '^tcp A big\.tapir\.test\.$' "$W/log/resolver.log"
     );
 }
 
-/// 2. Explicit denials: a whole network (`--deny 169.254.0.0/16`: TCP, UDP and ping), and
+/// Case 2: Explicit denials: a whole network (`--deny 169.254.0.0/16`: TCP, UDP and ping), and
 /// port/protocol qualifiers, IPv4 and IPv6 (`10.1.2.0/24:22/tcp` stops TCP to port 22 only: port
 /// 80, UDP to port 22 and ping pass; `[fd42::/64]:80/tcp` likewise).
 #[test]
@@ -258,7 +258,7 @@ expect_ok tcp:198.51.100.10:22 tcp:198.51.100.10:80 icmp:198.51.100.10 tcp:[2001
     );
 }
 
-/// 3. An allow-list ending in `deny all`: only the two allowed services pass, IPv6 included in
+/// Case 3: An allow-list ending in `deny all`: only the two allowed services pass, IPv6 included in
 /// `all`; the DNS forwarder and the host's loopback through 10.0.2.2 are not the policy's to deny.
 #[test]
 fn allow_list_then_deny_all() {
@@ -280,7 +280,7 @@ expect_ok dns:10.0.2.3 dnstcp:10.0.2.3 tcp:10.0.2.2:8088 tcp:[fd00::2]:8088
     );
 }
 
-/// 4. The first matching rule decides, in command-line order with --allow and --deny
+/// Case 4: The first matching rule decides, in command-line order with --allow and --deny
 /// interleaved; --deny-private comes after the explicit rules wherever it is written.
 #[test]
 fn first_match_in_command_line_order() {
@@ -315,7 +315,7 @@ done
     );
 }
 
-/// 5. A denied connect fails at once, as real clients see it: EHOSTUNREACH ("No route to host")
+/// Case 5: A denied connect fails at once, as real clients see it: EHOSTUNREACH ("No route to host")
 /// for connect(2) and curl within a second, and ping reports the ICMP ("Packet filtered", for
 /// IPv6 "Administratively prohibited") instead of waiting out its -W.
 #[test]
@@ -344,7 +344,7 @@ check_eq "connections the metadata service saw" "$(grep -c '169\.254\.169\.254' 
     );
 }
 
-/// 6. `--policy FILE`: the allow-list of the issue as a TOML file, then a file with
+/// Case 6: `--policy FILE`: the allow-list of the issue as a TOML file, then a file with
 /// `deny-private = true`, whose rules come before the preset (an exception) and which allows
 /// comments.
 #[test]
@@ -379,7 +379,7 @@ expect_denied tcp:10.1.2.3:22 tcp:10.1.2.4:80 tcp:169.254.169.254:80 tcp:[fd42::
     );
 }
 
-/// 7. Bad input: one line on stderr naming the offending text (and the file and line, for a
+/// Case 7: Bad input: one line on stderr naming the offending text (and the file and line, for a
 /// policy file), exit status 125, and the command never runs.
 #[test]
 fn bad_rules_are_refused_with_one_sentence() {
@@ -534,7 +534,7 @@ check_eq "links in the namespace" "$(in_ns ip -o link show | grep -c tap0 || tru
     );
 }
 
-/// 8. The API in slirp4netns mode: `list_policy` counts each new flow against the rule that
+/// Case 8: The API in slirp4netns mode: `list_policy` counts each new flow against the rule that
 /// decided it (or the default); `set_policy` replaces the rules at once and restarts the
 /// counters, while a TCP connection opened before keeps working (the policy is asked only when
 /// a flow opens) and a new one to the same host is denied; a bad `set_policy` is refused with
