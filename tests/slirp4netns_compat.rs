@@ -334,10 +334,11 @@ fn podman_tapir() {
         .run_ok(PODMAN);
 }
 
-/// `--enable-seccomp` confines tapir before it reports ready (no_new_privs and a seccomp
-/// filter, as /proc shows), and the confined tapir still carries traffic and serves the API.
+/// `--enable-sandbox --enable-seccomp` confine tapir before it reports ready: an empty root
+/// directory, no_new_privs and a seccomp filter, as /proc shows. The confined tapir still
+/// carries traffic and serves the API, and still removes its API socket when it is stopped.
 #[test]
-fn seccomp_confines_tapir_and_it_still_works() {
+fn sandbox_and_seccomp_confine_tapir_and_it_still_works() {
     World::slirp4netns_compat("seccomp_tapir", Impl::Tapir)
         .needs(&["python3", "curl"])
         .run_ok(
@@ -350,17 +351,21 @@ as_user unshare -Urn --fork sleep infinity &
 ns_pid=$!
 wait_until 5 "the sleeper in its own namespaces" pgrep -P "$ns_pid" -x sleep
 sock="$W/tmp/s4nn.sock"
-start s4nn as_user "$S4NN" --configure --enable-seccomp --api-socket "$sock" "$ns_pid" tap0
+start s4nn as_user "$S4NN" --configure --enable-sandbox --enable-seccomp --api-socket "$sock" "$ns_pid" tap0
 s4nn_pid=$!
 wait_until 10 "the API socket" test -S "$sock"
 # The binary is a symlink; the process is tapir itself (no wrapper in between).
 status=$(cat "/proc/$s4nn_pid/status")
 check_match "tapir's seccomp mode" "$status" $'Seccomp:\t2'
 check_match "tapir's no_new_privs" "$status" $'NoNewPrivs:\t1'
+check_eq "what tapir's root directory holds" "$(ls -A "/proc/$s4nn_pid/root/" 2>&1)" ""
 out=$(as_user nsenter --preserve-credentials --user --net --target "$ns_pid" -- \
     curl -sS --max-time 10 http://10.0.2.2:8080/)
 check_eq "HTTP through the confined tapir" "$out" "served to a confined tapir"
 check_eq "the API of the confined tapir" "$(s4nn_api "$sock" '{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":18081,"guest_port":80}}')" '{"return":{"id":1}}'
+kill -TERM "$s4nn_pid"
+wait_gone 5 "$s4nn_pid" tapir
+check_eq "the API socket after tapir stopped" "$(test -e "$sock" && echo left || echo removed)" removed
 "#,
         );
 }

@@ -120,7 +120,10 @@ struct Client {
 
 pub struct ApiServer {
     listener: UnixListener,
-    path: PathBuf,
+    /// The socket's directory, opened at bind time, and its name there: the file is removed
+    /// through them at exit, which works even from inside the sandbox.
+    dir: Option<std::os::fd::OwnedFd>,
+    name: PathBuf,
     clients: Slab<Client>,
 }
 
@@ -135,9 +138,23 @@ impl ApiServer {
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
         let listener = UnixListener::bind(path);
         nix::sys::stat::umask(old);
+        let listener = listener?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = nix::fcntl::open(
+            parent,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok();
         Ok(ApiServer {
-            listener: listener?,
-            path: path.to_path_buf(),
+            listener,
+            dir,
+            name: path.file_name().map(PathBuf::from).unwrap_or_default(),
             clients: Slab::new(),
         })
     }
@@ -269,7 +286,9 @@ impl ApiServer {
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = &self.dir {
+            let _ = nix::unistd::unlinkat(dir, &self.name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        }
     }
 }
 

@@ -8,10 +8,12 @@
 //! once the TAP is held and the API socket listens.
 //!
 //! Compatibility notes (where tapir differs, and why):
+//! - `--enable-sandbox` moves tapir into an empty filesystem (`sys::sandbox`): slirp4netns
+//!   keeps /etc and /run readable in its sandbox to re-read resolv.conf, tapir reads it once at
+//!   start and keeps nothing. Unlike slirp4netns (#317) it also works with
+//!   `--netns-type=path` and without root, through a user namespace of its own.
 //! - `--enable-seccomp` sets no_new_privs and installs an allow-list (`sys::sandbox`) before
 //!   the ready byte is written; a call outside it fails with EPERM instead of killing tapir.
-//! - `--enable-sandbox` is accepted and logged: tapir does not yet pivot into an empty mount
-//!   namespace (slirp4netns's sandbox); with `--enable-seccomp` it cannot open files anyway.
 //! - `--disable-dns`: TCP to the DNS address is refused at once rather than left to time out.
 //! - a termination signal ends tapir cleanly (the API socket file is removed), with the
 //!   128+N status a killed slirp4netns reports.
@@ -153,9 +155,12 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         Some(Some(fd)) => Lifetime::ExitFd(Some(fd)),
         None => Lifetime::ExitFd(None),
     };
-    let confine = opts.enable_seccomp;
+    let (sandbox, seccomp) = (opts.enable_sandbox, opts.enable_seccomp);
     let ready = || {
-        if confine {
+        if sandbox {
+            crate::sys::sandbox::isolate_filesystem().map_err(|e| e.to_string())?;
+        }
+        if seccomp {
             crate::sys::sandbox::confine().map_err(|e| e.to_string())?;
         }
         signal_ready(ready_fd);

@@ -1,5 +1,13 @@
-//! Self-confinement once setup is done (slirp4netns `--enable-seccomp`): no new privileges and
-//! a seccomp allow-list of the system calls the event loop makes.
+//! Self-confinement once setup is done: an empty filesystem (slirp4netns `--enable-sandbox`),
+//! then no new privileges and a seccomp allow-list of the system calls the event loop makes
+//! (`--enable-seccomp`).
+//!
+//! The filesystem step, in passt's order: enter a new user namespace (unless tapir already has
+//! CAP_SYS_ADMIN, as under podman) so that a mount namespace may be made without privilege;
+//! make every mount private; mount an empty tmpfs, `pivot_root` into it and detach the old
+//! root. Afterwards no path reaches the host's files: the TAP, the sockets, the capture file
+//! and the API socket's directory (for removing it at exit) are already open. Capabilities held
+//! in that new user namespace reach nothing outside it.
 //!
 //! Everything that needs more (forking the namespace child, opening the TAP, netlink, binding
 //! the API socket, reading resolv.conf) happens before. After [`confine`], a call outside the
@@ -30,6 +38,11 @@ pub enum SandboxError {
     Build { arch: String, message: String },
     #[error("cannot install the seccomp filter: {0}")]
     Install(String),
+    #[error("cannot sandbox tapir: {what}: {errno}")]
+    Filesystem {
+        what: &'static str,
+        errno: nix::errno::Errno,
+    },
 }
 
 const ALLOWED: &[libc::c_long] = &[
@@ -90,6 +103,57 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_unlinkat,
     libc::SYS_sched_yield,
 ];
+
+/// Moves this process into an empty filesystem of its own (see the module comment).
+pub fn isolate_filesystem() -> Result<(), SandboxError> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use nix::sched::{CloneFlags, unshare};
+    let step = |what: &'static str| {
+        move |e: nix::errno::Errno| SandboxError::Filesystem { what, errno: e }
+    };
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    if unshare(CloneFlags::CLONE_NEWNS).is_err() {
+        unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+            .map_err(step("create user and mount namespaces"))?;
+        let write = |path: &str, text: String| {
+            std::fs::write(path, text).map_err(|e| SandboxError::Filesystem {
+                what: "map ids in the new user namespace",
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            })
+        };
+        match write("/proc/self/setgroups", "deny".into()) {
+            Err(SandboxError::Filesystem {
+                errno: nix::errno::Errno::ENOENT,
+                ..
+            })
+            | Ok(()) => {}
+            Err(e) => return Err(e),
+        }
+        write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+        write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    }
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(step("make mounts private"))?;
+    mount(
+        Some("tapir"),
+        "/tmp",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k,mode=0500"),
+    )
+    .map_err(step("mount an empty tmpfs"))?;
+    nix::unistd::chdir("/tmp").map_err(step("enter the empty tmpfs"))?;
+    nix::unistd::pivot_root(".", ".").map_err(step("pivot_root into the empty tmpfs"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the old root"))?;
+    nix::unistd::chdir("/").map_err(step("enter the new root"))?;
+    Ok(())
+}
 
 /// Sets no_new_privs and installs the allow-list for the rest of the process's life.
 pub fn confine() -> Result<(), SandboxError> {
