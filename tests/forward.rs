@@ -84,3 +84,33 @@ fn slirp4netns_reference_forwards() {
             "{GUEST_SERVERS}{SLIRP4NETNS_FORWARDS}{FORWARD_CHECKS}"
         ));
 }
+
+/// Beyond slirp4netns: a forward listening on an IPv6 host address (the connection reaches the
+/// guest's IPv4 address), and a client that is not on the host's loopback keeps its own address
+/// as the source the guest sees (loopback clients appear as 10.0.2.2, as with slirp4netns).
+#[test]
+fn ipv6_host_address_and_real_client_source() {
+    World::tapir("forward_v6_source")
+        .with_remote()
+        .needs(&["socat", "python3"])
+        .run_ok(
+            r#"
+guest_servers='
+actor tcp-whoami 0.0.0.0 8000 >"$W/tmp/whoami.log" 2>&1 &
+until [ -n "$(ss -Hltn "sport = :8000")" ]; do sleep 0.05; done
+touch "$W/tmp/guest-ready"
+until [ -e "$W/tmp/host-done" ]; do sleep 0.05; done
+kill $(jobs -p)'
+start guest tapir_run -p '[::1]:18090:8000' -p 18091:8000 -- bash -c "$guest_servers"
+guest_pid=$!
+wait_ready "$W/tmp/guest-ready" "$guest_pid"
+wait_port tcp 18091
+out=$(timeout 10 socat -t 5 - 'TCP6:[::1]:18090' </dev/null)
+check_eq "what the guest saw of a client on the host's ::1" "$out" "peer 10.0.2.2"
+out=$(in_remote timeout 10 socat -t 5 - TCP:198.51.100.1:18091 </dev/null)
+check_eq "what the guest saw of a client on the remote host" "$out" "peer 198.51.100.10"
+touch "$W/tmp/host-done"
+wait "$guest_pid"
+"#,
+        );
+}
