@@ -204,7 +204,7 @@ impl Default for Limits {
         Limits {
             max_tcp_flows: 16384,
             max_tcp_pending: 1024,
-            tcp_buffer: 256 * 1024,
+            tcp_buffer: 1024 * 1024,
             max_udp_flows: 4096,
             udp_idle: Duration::from_secs(60),
             max_icmp_flows: 256,

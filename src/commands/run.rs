@@ -60,6 +60,8 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         vnet_hdr: config.vnet_hdr,
     };
     let guest = namespace::spawn(&command, &tap)?;
+    // After the spawn: the command keeps the limits it was given.
+    crate::sys::raise_fd_limit();
     let status = event_loop::run(guest.tap, guest.pid, &config)?;
     Ok(namespace::wait_status_code(status))
 }

@@ -146,6 +146,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         policy,
     };
     crate::sys::set_malloc_mmap_threshold(128 * 1024);
+    crate::sys::raise_fd_limit();
     let lifetime = match exit_fd {
         // An exit fd that was given but is not open: slirp4netns sees POLLNVAL and exits.
         Some(None) => {

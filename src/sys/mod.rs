@@ -150,6 +150,18 @@ pub fn set_malloc_mmap_threshold(bytes: usize) -> bool {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: every guest flow holds a host socket,
+/// and the usual soft limit (1024) would cap a guest at about a thousand connections.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log::debug!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
+}
+
 /// Takes ownership of an fd number inherited from the parent process (slirp4netns's
 /// `--ready-fd`/`--exit-fd`). `None` when no such fd is open.
 pub fn inherited_fd(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
