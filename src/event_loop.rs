@@ -668,7 +668,7 @@ impl Network {
                 return self.reject(frame, key.remote.ip());
             }
         };
-        let mut host = match host {
+        let host = match host {
             Ok(host) => host,
             Err(e) => {
                 log::debug!("tcp {} -> {}: refused ({e})", key.guest, key.remote);
@@ -681,36 +681,49 @@ impl Network {
             return self.stats.drop(DropReason::Malformed);
         }
         socket.pause_synack(true);
-        let (set, handle) = single_set(socket);
+        let Some(id) = self.insert_tcp(key, socket, host, HostSide::default(), true) else {
+            return self.stats.drop(DropReason::HostSocket);
+        };
+        let conn = &mut self.tcp[id];
+        let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
+        self.iface.poll_ingress_single(t, &mut dev, &mut conn.set);
+        self.tcp_pending += 1;
+        log::debug!("tcp {} -> {}: connecting", key.guest, key.remote);
+    }
+
+    /// Adds a TCP flow (the guest-side socket alone in its own set) with its host stream
+    /// registered under the flow's token; `None` when the registration fails.
+    fn insert_tcp(
+        &mut self,
+        key: FlowKey,
+        socket: tcp::Socket<'static>,
+        mut host: mio::net::TcpStream,
+        side: HostSide,
+        connecting: bool,
+    ) -> Option<usize> {
         let entry = self.tcp.vacant_entry();
         let id = entry.key();
-        if self
-            .registry
+        self.registry
             .register(
                 &mut host,
                 token(KIND_TCP, id),
                 Interest::READABLE | Interest::WRITABLE,
             )
-            .is_err()
-        {
-            return self.stats.drop(DropReason::HostSocket);
-        }
-        let conn = entry.insert(TcpConn {
+            .ok()?;
+        let (set, handle) = single_set(socket);
+        entry.insert(TcpConn {
             key,
             set,
             handle,
             host,
-            side: HostSide::default(),
-            connecting: true,
+            side,
+            connecting,
             dirty: false,
             timer: None,
         });
-        let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
-        self.iface.poll_ingress_single(t, &mut dev, &mut conn.set);
         self.tcp_index.insert(key, id);
-        self.tcp_pending += 1;
         self.stats.tcp_opened += 1;
-        log::debug!("tcp {} -> {}: connecting", key.guest, key.remote);
+        Some(id)
     }
 
     /// Answers a SYN with a RST: a throwaway socket takes the SYN and is aborted at once.
@@ -1206,7 +1219,7 @@ impl Network {
                 return;
             };
             let (guest_ip, guest_port) = (*guest, fwd.guest_port);
-            let (mut host, client) = match listener.accept() {
+            let (host, client) = match listener.accept() {
                 Ok(r) => r,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -1226,35 +1239,15 @@ impl Network {
             if socket.connect(self.iface.context(), remote, local).is_err() {
                 continue;
             }
-            let (set, handle) = single_set(socket);
-            let entry = self.tcp.vacant_entry();
-            let id = entry.key();
-            if self
-                .registry
-                .register(
-                    &mut host,
-                    token(KIND_TCP, id),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .is_err()
-            {
+            let side = HostSide {
+                readable: true,
+                writable: true,
+                ..HostSide::default()
+            };
+            let Some(id) = self.insert_tcp(key, socket, host, side, false) else {
                 continue;
-            }
-            entry.insert(TcpConn {
-                key,
-                set,
-                handle,
-                host,
-                side: HostSide {
-                    readable: true,
-                    writable: true,
-                    ..HostSide::default()
-                },
-                connecting: false,
-                dirty: true,
-                timer: None,
-            });
-            self.tcp_index.insert(key, id);
+            };
+            self.tcp[id].dirty = true;
             self.dirty.push(id);
             // smoltcp may have to ask for the guest's MAC (its cache expires): the ARP reply
             // should release the SYN at once rather than after smoltcp's 1 s back-off.
@@ -1262,7 +1255,6 @@ impl Network {
                 self.awaiting_mac.drain(..2048);
             }
             self.awaiting_mac.push(id);
-            self.stats.tcp_opened += 1;
             log::debug!(
                 "forward {client} -> guest port {guest_port} as {}",
                 key.remote

@@ -1596,11 +1596,11 @@ mod test {
             "169.254.169.254:80",
             "169.254.1.1:443",
             "10.1.1.1:22",
-            "1.1.1.1:80",
+            "203.0.113.1:80",
         ] {
             p.decide(Proto::Tcp, sa(dst));
         }
-        let d = p.decide(Proto::Udp, sa("1.1.1.1:53"));
+        let d = p.decide(Proto::Udp, sa("203.0.113.1:53"));
         assert_eq!(
             d,
             Decision {
@@ -1610,7 +1610,7 @@ mod test {
         );
         assert!(!d.allowed());
         // `lookup` only looks.
-        p.lookup(Proto::Udp, sa("1.1.1.1:53"));
+        p.lookup(Proto::Udp, sa("203.0.113.1:53"));
         let counted: Vec<(Action, String, u64)> = p
             .rules_with_counters()
             .map(|(action, rule, hits)| (action, rule.to_string(), hits))

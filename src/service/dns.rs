@@ -68,7 +68,7 @@ pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
             continue;
         };
         if !rest.starts_with([' ', '\t']) {
-            continue; // e.g. "nameservers 1.1.1.1"
+            continue; // e.g. "nameservers 203.0.113.1"
         }
         let value = rest.trim_start_matches([' ', '\t']);
         let end = value
