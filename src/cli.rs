@@ -11,7 +11,9 @@ use crate::forward::spec::PortForward;
 #[command(
     name = "tapir",
     version,
-    about = "Networking for rootless containers, through a userspace TCP/IP stack"
+    about = "Networking for rootless containers, through a userspace TCP/IP stack",
+    after_help = "Installed or symlinked as `slirp4netns`, or run as `tapir slirp4netns ARGS`, \
+                  tapir takes slirp4netns 1.2's command line instead (`tapir slirp4netns --help`)."
 )]
 pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
