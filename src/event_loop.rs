@@ -603,29 +603,38 @@ impl Network {
         let mut f = Vec::new();
         let as_guest = crate::config::Ipv6Plan { mac: mac.0, ..v6 };
         frame::neighbor_advertisement(&mut f, link, &as_guest, addr, v6.gateway);
-        let t = self.smol_now(now);
-        let mut empty = SocketSet::new(Vec::new());
-        let mut dev = Device::new(Some(&f), &mut self.tx, &self.caps);
-        self.iface.poll_ingress_single(t, &mut dev, &mut empty);
+        self.feed_stack(now, &f);
         self.stack_knows_v6.insert(addr, (mac, now));
     }
 
-    fn arp(&mut self, now: Instant, frame: &[u8]) {
+    /// Hands `frame` to the stack with no socket to receive it: for ARP and neighbour
+    /// discovery, and for segments of unknown connections (smoltcp answers those with a RST).
+    fn feed_stack(&mut self, now: Instant, frame: &[u8]) {
         let t = self.smol_now(now);
         let mut empty = SocketSet::new(Vec::new());
         let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
         self.iface.poll_ingress_single(t, &mut dev, &mut empty);
+    }
+
+    /// Queues flow `id` for a pump and an egress pass in this turn (once, however often
+    /// it is touched).
+    fn mark_dirty(&mut self, id: usize) {
+        if let Some(conn) = self.tcp.get_mut(id)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    fn arp(&mut self, now: Instant, frame: &[u8]) {
+        self.feed_stack(now, frame);
         if let Some(mac) = self.guest_mac {
             self.stack_knows_guest = Some((mac, now));
         }
         // Connections towards the guest may wait for its MAC: let them go now.
         for id in std::mem::take(&mut self.awaiting_mac) {
-            if let Some(conn) = self.tcp.get_mut(id)
-                && !conn.dirty
-            {
-                conn.dirty = true;
-                self.dirty.push(id);
-            }
+            self.mark_dirty(id);
         }
     }
 
@@ -635,19 +644,12 @@ impl Network {
             let conn = &mut self.tcp[id];
             let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
             self.iface.poll_ingress_single(t, &mut dev, &mut conn.set);
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(id);
-            }
-            return;
+            return self.mark_dirty(id);
         }
         if !syn {
             // Not a connection we know: smoltcp answers with a RST from an empty set.
             self.stats.drop(DropReason::NoFlow);
-            let mut empty = SocketSet::new(Vec::new());
-            let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
-            self.iface.poll_ingress_single(t, &mut dev, &mut empty);
-            return;
+            return self.feed_stack(now, frame);
         }
         if self.tcp.len() >= self.limits.max_tcp_flows {
             return self.stats.drop(DropReason::TcpFlowLimit);
@@ -979,10 +981,7 @@ impl Network {
         };
         conn.side.readable |= readable;
         conn.side.writable |= writable;
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(id);
-        }
+        self.mark_dirty(id);
     }
 
     fn connect_failed(&mut self, id: usize, e: io::Error) {
@@ -992,10 +991,7 @@ impl Network {
         self.tcp_pending -= 1;
         // Abort: the guest's connection is refused with a RST, then the flow goes.
         conn.set.get_mut::<tcp::Socket>(conn.handle).abort();
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(id);
-        }
+        self.mark_dirty(id);
     }
 
     /// Pumps and flushes every flow touched since the last call.
@@ -1247,8 +1243,7 @@ impl Network {
             let Some(id) = self.insert_tcp(key, socket, host, side, false) else {
                 continue;
             };
-            self.tcp[id].dirty = true;
-            self.dirty.push(id);
+            self.mark_dirty(id);
             // smoltcp may have to ask for the guest's MAC (its cache expires): the ARP reply
             // should release the SYN at once rather than after smoltcp's 1 s back-off.
             if self.awaiting_mac.len() >= 4096 {
@@ -1418,12 +1413,7 @@ impl Network {
     /// The TAP took frames: flows that could not emit for lack of room may go on.
     pub fn resume_starved(&mut self) {
         for id in std::mem::take(&mut self.starved) {
-            if let Some(conn) = self.tcp.get_mut(id)
-                && !conn.dirty
-            {
-                conn.dirty = true;
-                self.dirty.push(id);
-            }
+            self.mark_dirty(id);
         }
     }
 }
