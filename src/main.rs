@@ -25,6 +25,7 @@ fn main() {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => tapir::commands::run::run(args),
+        Command::Network(cmd) => tapir::commands::network::run(cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),
