@@ -27,7 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a command, unprivileged, in new user+network namespaces with a working network
     /// (or, as root, with --network bridge|host|none, on the kernel's own stack).
-    Run(RunArgs),
+    // Boxed: RunArgs is large, and clippy::large_enum_variant asks for it.
+    Run(Box<RunArgs>),
     /// Manage the privileged bridge networks.
     #[command(subcommand)]
     Network(NetworkCommand),

@@ -9,7 +9,8 @@ pub fn run(cmd: NetworkCommand) -> Result<i32, Error> {
         NetworkCommand::Prune { state_dir } => {
             if !nix::unistd::geteuid().is_root() {
                 return Err(Error::NeedsRoot(
-                    "tapir network prune needs root (it removes bridges, veths and nftables rules)".into(),
+                    "tapir network prune needs root (it removes bridges, veths and nftables rules)"
+                        .into(),
                 ));
             }
             let dir = state_dir.unwrap_or_else(kernel::default_state_dir);

@@ -47,7 +47,10 @@ fn check_options(args: &RunArgs) -> Result<(), Error> {
         ("--deny/--allow", !args.rules.is_empty()),
         ("--deny-private", args.deny_private),
         ("--policy", args.policy.is_some()),
-        ("-p", args.network != NetworkMode::Bridge && !args.publish.is_empty()),
+        (
+            "-p",
+            args.network != NetworkMode::Bridge && !args.publish.is_empty(),
+        ),
     ];
     if let Some((option, _)) = unused.iter().find(|(_, used)| *used) {
         return Err(Error::NotForMode {
@@ -76,9 +79,11 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     signals.add(Signal::SIGCHLD);
     // Blocked before the fork, so no signal slips between it and the wait (the child starts
     // with an empty mask: sys::fork_child).
-    signals
-        .thread_block()
-        .map_err(|e| Error::Kernel(kernel::KernelError::Netns(netns::NetnsError::Spawn(e.into()))))?;
+    signals.thread_block().map_err(|e| {
+        Error::Kernel(kernel::KernelError::Netns(netns::NetnsError::Spawn(
+            e.into(),
+        )))
+    })?;
     match args.network {
         NetworkMode::Bridge => run_bridge(&args, &signals),
         NetworkMode::None => {
@@ -113,20 +118,17 @@ fn run_bridge(args: &RunArgs, signals: &SigSet) -> Result<i32, Error> {
         gateway: None,
         ip_masq: true,
         mtu: None,
-        state_dir: args.state_dir.clone().unwrap_or_else(kernel::default_state_dir),
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(kernel::default_state_dir),
     };
     let me = std::process::id();
     let owner = format!("run-{me}");
     let ifname = "eth0";
     let child = netns::spawn(&args.command, true).map_err(kernel::KernelError::from)?;
-    let attached = kernel::attach_for_process(
-        &cfg,
-        &child.netns_path(),
-        ifname,
-        &owner,
-        &args.publish,
-        me,
-    );
+    let attached =
+        kernel::attach_for_process(&cfg, &child.netns_path(), ifname, &owner, &args.publish, me);
     let attachment = match attached {
         Ok(a) => a,
         Err(e) => {
