@@ -206,3 +206,40 @@ check_eq "a second prune has nothing to do" "$("$TAPIR" network prune)" ""
 "#,
     );
 }
+
+/// Refused runs change nothing: a host port another container publishes, a --bridge that names
+/// an interface which is not a bridge. A bridge that existed before tapir is used and kept.
+#[test]
+fn refusals_leave_nothing_and_foreign_bridges_stay() {
+    run(
+        world("refusals_leave_nothing_and_foreign_bridges_stay"),
+        r#"
+container ct1 '' -p 5005:5000
+ct1=$!
+wait_ready "$W/tmp/ct1.ready" "$ct1"
+rc=0
+err=$("$TAPIR" run --network bridge -p 5005:80 -- touch "$W/tmp/ran" 2>&1) || rc=$?
+check_eq "port taken: refused" "$rc:$err" "125:tapir: host port 5005/tcp is already published by \"run-$ct1\""
+[ ! -e "$W/tmp/ran" ] || fail "port taken: the command ran"
+check_eq "port taken: ct1's lease only" "$(leases)" 1
+check_eq "port taken: ct1 still served" "$(in_remote actor tcp-ask 198.51.100.1 5005)" "peer 198.51.100.10"
+finish ct1 "$ct1"
+no_leftovers
+
+rc=0
+err=$("$TAPIR" run --network bridge --bridge to-remote --subnet 10.88.0.0/24 -- touch "$W/tmp/ran" 2>&1) || rc=$?
+check_eq "--bridge naming a veth: refused" "$rc:$err" \
+    "125:tapir: --bridge \"to-remote\" is not usable: an interface of that name exists and is not a bridge"
+[ ! -e "$W/tmp/ran" ] || fail "--bridge naming a veth: the command ran"
+no_leftovers
+
+ip link add br-own type bridge
+before=$(snapshot)
+out=$("$TAPIR" run --network bridge --bridge br-own --subnet 10.88.0.0/24 -- ip -4 -br addr show dev eth0 | awk '{print $3}')
+check_eq "on a bridge of our own: an address" "$out" 10.88.0.2/24
+check_match "the foreign bridge stays" "$(ip -br link show dev br-own)" "^br-own "
+check_eq "leases after" "$(leases)" 0
+check_eq "nftables ruleset after" "$(nft -j list ruleset)" "$(sed -n 2p <<<"$before")"
+"#,
+    );
+}
