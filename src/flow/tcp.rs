@@ -15,6 +15,11 @@
 //! every byte before it was written; the host's EOF becomes a FIN after the queued bytes; a
 //! reset on either side resets the other.
 //!
+//! Buffers are budgeted ([`BufferBudget`]): each flow's two rings are fixed when it opens
+//! (smoltcp cannot resize them, and the window scale follows the receive ring), so the budget
+//! counts their capacity, not their contents. A guest that fills every ring it is given can
+//! make tapir hold at most `Limits::tcp_buffer_total` bytes of ring.
+//!
 //! Guest-initiated flows start with a paused SYN-ACK: the guest's SYN is held in SYN-RECEIVED
 //! until the host `connect()` finishes, and then either the SYN-ACK goes out or the socket is
 //! aborted (RST), so a refused host connection is a refused guest connection.
@@ -24,6 +29,8 @@ use std::io::{self, Read, Write};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Duration;
+
+use crate::config::TCP_BUFFER_MIN;
 
 /// The host end of a spliced connection.
 pub trait HostStream: Read + Write {
@@ -58,6 +65,66 @@ pub enum Verdict {
     Done,
     /// The guest reset or the host failed: drop the flow and reset the host connection.
     Reset,
+}
+
+/// The byte budget of all TCP flows' rings.
+///
+/// A flow asks for `per_flow` bytes each way. It gets them while that leaves enough of `total`
+/// for every flow that may still open (up to the flow limit) to get [`TCP_BUFFER_MIN`] each
+/// way; otherwise it gets the largest halving of `per_flow` that does, and at worst the
+/// minimum while the total still has room for it. So the flow limit, not the budget, is what
+/// normally refuses connections, and the first flows (a bulk transfer, say) are the ones with
+/// large windows. Sans-I/O: the event loop asks and gives back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferBudget {
+    per_flow: usize,
+    total: usize,
+    max_flows: usize,
+    /// Capacity of the rings of open flows, both directions.
+    committed: usize,
+}
+
+impl BufferBudget {
+    pub fn new(per_flow: usize, total: usize, max_flows: usize) -> BufferBudget {
+        BufferBudget {
+            per_flow: per_flow.max(TCP_BUFFER_MIN),
+            total,
+            max_flows,
+            committed: 0,
+        }
+    }
+
+    /// The ring size (each direction) for a new flow when `open` flows exist, now counted as
+    /// committed; `None` when not even the minimum fits.
+    pub fn grant(&mut self, open: usize) -> Option<usize> {
+        let later = self.max_flows.saturating_sub(open + 1);
+        let reserve = later.saturating_mul(2 * TCP_BUFFER_MIN);
+        let room = self.total.saturating_sub(self.committed);
+        let mut size = self.per_flow;
+        while size > TCP_BUFFER_MIN && 2 * size > room.saturating_sub(reserve) {
+            size = (size / 2).max(TCP_BUFFER_MIN);
+        }
+        if 2 * size > room {
+            return None;
+        }
+        self.committed += 2 * size;
+        Some(size)
+    }
+
+    /// Gives back the rings of a closed flow that was granted `size`.
+    pub fn release(&mut self, size: usize) {
+        self.committed = self.committed.saturating_sub(2 * size);
+    }
+
+    /// Bytes of ring capacity held by open flows.
+    pub fn committed(&self) -> usize {
+        self.committed
+    }
+
+    /// Whether `size` is less than a flow asks for.
+    pub fn is_reduced(&self, size: usize) -> bool {
+        size < self.per_flow
+    }
 }
 
 /// Guest-side options: no Nagle, no delayed ACK (the guest is one copy away, latency matters
@@ -373,6 +440,42 @@ mod test {
             writable: true,
             ..HostSide::default()
         }
+    }
+
+    #[test]
+    fn budget_gives_full_rings_then_halves_then_the_minimum_then_refuses() {
+        const K: usize = 1024;
+        // 4 flows at most; 1 MiB asked; 2 MiB + 3 × 8 KiB of reserve fit in the total.
+        let mut b = BufferBudget::new(1024 * K, 2048 * K + 24 * K + 512 * K, 4);
+        assert_eq!(b.grant(0), Some(1024 * K));
+        // 536 KiB left, 16 KiB of it reserved for the two flows that may still open: the next
+        // flow gets 256 KiB each way.
+        assert_eq!(b.grant(1), Some(256 * K));
+        assert!(b.is_reduced(256 * K));
+        // The rest goes down to the reserve, which the last flows still get.
+        let third = b.grant(2).unwrap();
+        assert!(third < 256 * K && third >= TCP_BUFFER_MIN, "{third}");
+        assert!(b.grant(3).is_some());
+        assert!(b.committed() <= 2048 * K + 24 * K + 512 * K);
+        // Past the flow limit the reserve is gone: a fifth flow only gets what is left.
+        let left = 2048 * K + 24 * K + 512 * K - b.committed();
+        assert_eq!(b.grant(4).is_some(), left >= 2 * TCP_BUFFER_MIN);
+        // Closing the first flow gives its megabyte back.
+        b.release(1024 * K);
+        assert_eq!(b.grant(3), Some(1024 * K));
+    }
+
+    #[test]
+    fn budget_never_commits_past_the_total() {
+        let total = 100 * TCP_BUFFER_MIN + 1;
+        let mut b = BufferBudget::new(1 << 20, total, 10_000);
+        let mut granted = 0;
+        while let Some(size) = b.grant(granted) {
+            assert!(size >= TCP_BUFFER_MIN);
+            granted += 1;
+            assert!(b.committed() <= total);
+        }
+        assert_eq!(granted, 50);
     }
 
     #[test]
