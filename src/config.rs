@@ -201,7 +201,7 @@ pub struct Limits {
     pub tcp_buffer: usize,
     /// Bytes of all TCP flows' buffers together, both directions: what a guest that fills
     /// every flow (and a host that reads none) can make tapir hold. Flows opened near the cap
-    /// get smaller buffers, down to [`TCP_BUFFER_MIN`]; past it they are refused.
+    /// get smaller buffers, down to [`TCP_BUFFER_MIN`]; past it they are refused (RST).
     pub tcp_buffer_total: usize,
     /// Open UDP flows (guest 4-tuples with a host socket).
     pub max_udp_flows: usize,

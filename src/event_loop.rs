@@ -2195,6 +2195,7 @@ mod test {
         // A total smaller than the flow limit needs: five flows at the minimum, then no room.
         let limits = Limits {
             max_tcp_flows: 100,
+            tcp_buffer: 4096,
             tcp_buffer_total: 5 * 2 * 4096 + 4096,
             ..Limits::default()
         };

@@ -70,12 +70,13 @@ pub enum Verdict {
 
 /// The byte budget of all TCP flows' rings.
 ///
-/// A flow asks for `per_flow` bytes each way. It gets them while that leaves enough of `total`
-/// for every flow that may still open (up to the flow limit) to get [`TCP_BUFFER_MIN`] each
-/// way; otherwise it gets the largest halving of `per_flow` that does, and at worst the
-/// minimum while the total still has room for it. So the flow limit, not the budget, is what
-/// normally refuses connections, and the first flows (a bulk transfer, say) are the ones with
-/// large windows. Sans-I/O: the event loop asks and gives back.
+/// A flow asks for `per_flow` bytes each way. It gets them while that leaves a reserve of
+/// `total`: [`TCP_BUFFER_MIN`] each way for every flow that may still open (up to the flow
+/// limit), but never more than half the total. Otherwise it gets the largest halving of
+/// `per_flow` that leaves the reserve, and at worst the minimum while the total still has room
+/// for it; past that it is refused. With the defaults the reserve covers every flow up to the
+/// limit, so the flow limit, not the budget, refuses connections; a small total still gives
+/// its first half to large windows. Sans-I/O: the event loop asks and gives back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BufferBudget {
     per_flow: usize,
@@ -99,7 +100,7 @@ impl BufferBudget {
     /// committed; `None` when not even the minimum fits.
     pub fn grant(&mut self, open: usize) -> Option<usize> {
         let later = self.max_flows.saturating_sub(open + 1);
-        let reserve = later.saturating_mul(2 * TCP_BUFFER_MIN);
+        let reserve = later.saturating_mul(2 * TCP_BUFFER_MIN).min(self.total / 2);
         let room = self.total.saturating_sub(self.committed);
         let mut size = self.per_flow;
         while size > TCP_BUFFER_MIN && 2 * size > room.saturating_sub(reserve) {
@@ -492,13 +493,17 @@ mod test {
     fn budget_never_commits_past_the_total() {
         let total = 100 * TCP_BUFFER_MIN + 1;
         let mut b = BufferBudget::new(1 << 20, total, 10_000);
-        let mut granted = 0;
-        while let Some(size) = b.grant(granted) {
+        let mut sizes = Vec::new();
+        while let Some(size) = b.grant(sizes.len()) {
             assert!(size >= TCP_BUFFER_MIN);
-            granted += 1;
+            sizes.push(size);
             assert!(b.committed() <= total);
         }
-        assert_eq!(granted, 50);
+        // The reserve (half the total: the flow limit would need far more) went to the last
+        // flows at the minimum; the first half to fewer, larger rings; nothing usable is left.
+        assert!(sizes[0] > TCP_BUFFER_MIN, "{sizes:?}");
+        assert!(sizes.iter().rev().take(25).all(|s| *s == TCP_BUFFER_MIN));
+        assert!(total - b.committed() < 2 * TCP_BUFFER_MIN);
     }
 
     #[test]
