@@ -467,7 +467,7 @@ mod test {
         assert!(b.is_reduced(256 * K));
         // The rest goes down to the reserve, which the last flows still get.
         let third = b.grant(2).unwrap();
-        assert!(third < 256 * K && third >= TCP_BUFFER_MIN, "{third}");
+        assert!((TCP_BUFFER_MIN..256 * K).contains(&third), "{third}");
         assert!(b.grant(3).is_some());
         assert!(b.committed() <= 2048 * K + 24 * K + 512 * K);
         // Past the flow limit the reserve is gone: a fifth flow only gets what is left.
