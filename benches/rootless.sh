@@ -4,7 +4,8 @@
 # 64-byte messages, full round trip), at MTU 65520 and 1500.
 #
 # Usage: sudo benches/rootless.sh [path/to/tapir]      (default: target/release/tapir, if built)
-# Environment: BENCH_SECS (seconds per measurement, default 5), BENCH_MTUS (default "65520 1500").
+# Environment: BENCH_SECS (seconds per measurement, default 5), BENCH_MTUS (default "65520 1500"),
+# BENCH_PATHS (default "veth slirp4netns tapir"; A/B runs of tapir alone: "tapir").
 #
 # Hermetic: the script re-executes itself under `unshare --net --mount --pid`, so "the host" is
 # a network namespace of its own with only loopback; the host-side servers listen on 127.0.0.1
@@ -23,6 +24,7 @@ set -euo pipefail
 
 SECS=${BENCH_SECS:-5}
 MTUS=${BENCH_MTUS:-65520 1500}
+read -r -a PATHS <<<"${BENCH_PATHS:-veth slirp4netns tapir}"
 IPERF_PORT=5201
 SOCKPERF_PORT=11111
 # A measurement that takes this much longer than SECS has hung.
@@ -219,7 +221,6 @@ cell() {
     fi
 }
 
-PATHS=(veth slirp4netns tapir)
 for mtu in $MTUS; do
     for path in "${PATHS[@]}"; do
         echo "measuring $path at MTU $mtu ..." >&2

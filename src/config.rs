@@ -24,6 +24,12 @@ pub enum ConfigError {
     CidrNotNetwork(String),
     #[error("--mtu {0} is out of range: it must be between 1280 and 65520")]
     Mtu(u32),
+    #[error("--tcp-buffer {0} is out of range: it must be between 4096 and 1073741824 bytes")]
+    TcpBuffer(usize),
+    #[error(
+        "--tcp-buffer-total {total} is too small: it must hold at least two buffers of --tcp-buffer {per_flow} bytes"
+    )]
+    TcpBufferTotal { total: usize, per_flow: usize },
     #[error("no command given: tapir run needs one after its options, as in `tapir run -- sh`")]
     NoCommand,
 }
@@ -178,6 +184,11 @@ pub fn check_mtu(mtu: u32) -> Result<u32, ConfigError> {
     }
 }
 
+/// The smallest buffer (each direction) a TCP flow gets; less and it is refused.
+pub const TCP_BUFFER_MIN: usize = 4096;
+/// The largest per-flow buffer: smoltcp cannot scale a window past 1 GiB.
+pub const TCP_BUFFER_MAX: usize = 1 << 30;
+
 /// Bounds on what one guest can make tapir hold. Every limit hit is counted in `stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -185,8 +196,13 @@ pub struct Limits {
     pub max_tcp_flows: usize,
     /// TCP flows still waiting for their host connect (half-open).
     pub max_tcp_pending: usize,
-    /// Bytes of each direction's buffer of a TCP flow (also its advertised window).
+    /// Bytes of each direction's buffer of a TCP flow (also its advertised window), when the
+    /// total allows it (see [`crate::flow::tcp::BufferBudget`]).
     pub tcp_buffer: usize,
+    /// Bytes of all TCP flows' buffers together, both directions: what a guest that fills
+    /// every flow (and a host that reads none) can make tapir hold. Flows opened near the cap
+    /// get smaller buffers, down to [`TCP_BUFFER_MIN`]; past it they are refused (RST).
+    pub tcp_buffer_total: usize,
     /// Open UDP flows (guest 4-tuples with a host socket).
     pub max_udp_flows: usize,
     /// A UDP flow without traffic for this long is closed.
@@ -205,12 +221,41 @@ impl Default for Limits {
             max_tcp_flows: 16384,
             max_tcp_pending: 1024,
             tcp_buffer: 1024 * 1024,
+            // 64 flows at full size, and every other flow up to max_tcp_flows (16384) at
+            // least 2 × 4 KiB: 128 MiB + 128 MiB.
+            tcp_buffer_total: 256 * 1024 * 1024,
             max_udp_flows: 4096,
             udp_idle: Duration::from_secs(60),
             max_icmp_flows: 256,
             icmp_idle: Duration::from_secs(10),
             max_tx_frames: 1024,
         }
+    }
+}
+
+impl Limits {
+    /// These limits with TCP buffer sizes from the command line, checked.
+    pub fn with_tcp_buffers(
+        self,
+        per_flow: Option<usize>,
+        total: Option<usize>,
+    ) -> Result<Limits, ConfigError> {
+        let tcp_buffer = per_flow.unwrap_or(self.tcp_buffer);
+        if !(TCP_BUFFER_MIN..=TCP_BUFFER_MAX).contains(&tcp_buffer) {
+            return Err(ConfigError::TcpBuffer(tcp_buffer));
+        }
+        let tcp_buffer_total = total.unwrap_or(self.tcp_buffer_total);
+        if tcp_buffer_total / 2 < tcp_buffer {
+            return Err(ConfigError::TcpBufferTotal {
+                total: tcp_buffer_total,
+                per_flow: tcp_buffer,
+            });
+        }
+        Ok(Limits {
+            tcp_buffer,
+            tcp_buffer_total,
+            ..self
+        })
     }
 }
 
@@ -294,6 +339,23 @@ mod test {
         assert!(!p.is_guest_source(p.gateway_link_local));
         assert!(!p.is_guest_source(Ipv6Addr::UNSPECIFIED));
         assert!(p.is_virtual_host(p.dns) && !p.is_gateway(p.dns));
+    }
+
+    #[test]
+    fn tcp_buffer_options_are_checked() {
+        let d = Limits::default();
+        assert_eq!(d.with_tcp_buffers(None, None), Ok(d));
+        let l = d.with_tcp_buffers(Some(65536), Some(1 << 20)).unwrap();
+        assert_eq!((l.tcp_buffer, l.tcp_buffer_total), (65536, 1 << 20));
+        let e = d.with_tcp_buffers(Some(100), None).unwrap_err();
+        assert_eq!(e, ConfigError::TcpBuffer(100));
+        assert!(e.to_string().contains("100"));
+        assert!(d.with_tcp_buffers(Some((1 << 30) + 1), None).is_err());
+        // The default total with a larger per-flow buffer still has to hold two of them.
+        let e = d.with_tcp_buffers(Some(1 << 30), None).unwrap_err();
+        assert!(e.to_string().contains("268435456"), "{e}");
+        assert!(d.with_tcp_buffers(None, Some(1 << 21)).is_ok());
+        assert!(d.with_tcp_buffers(None, Some((1 << 21) - 1)).is_err());
     }
 
     #[test]

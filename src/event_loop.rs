@@ -42,7 +42,7 @@ use crate::config::{AddressPlan, Ipv6Plan, Limits};
 use crate::flow::addr::{AddressMap, Route};
 use crate::flow::icmp::{self, EchoFlow, EchoKey};
 use crate::flow::policy::{self, Policy};
-use crate::flow::tcp::{HostSide, Verdict, new_socket, pump, single_set};
+use crate::flow::tcp::{BufferBudget, HostSide, Verdict, new_socket, pump, single_set};
 use crate::flow::udp::{self, UdpFlow, UdpKind};
 use crate::forward::spec::{PortForward, Proto};
 use crate::service::dhcp::DhcpServer;
@@ -126,6 +126,8 @@ struct TcpConn {
     handle: smoltcp::iface::SocketHandle,
     host: mio::net::TcpStream,
     side: HostSide,
+    /// Bytes of each of its two rings, granted by the buffer budget.
+    ring: usize,
     /// The host `connect()` has not finished; the guest's SYN-ACK is held back.
     connecting: bool,
     dirty: bool,
@@ -173,6 +175,7 @@ pub struct Network {
     tcp: Slab<TcpConn>,
     tcp_index: HashMap<FlowKey, usize>,
     tcp_pending: usize,
+    buffers: BufferBudget,
     dirty: Vec<usize>,
     starved: Vec<usize>,
     /// Forwarded connections opened before the guest's MAC was known.
@@ -276,6 +279,11 @@ impl Network {
             tcp: Slab::new(),
             tcp_index: HashMap::new(),
             tcp_pending: 0,
+            buffers: BufferBudget::new(
+                config.limits.tcp_buffer,
+                config.limits.tcp_buffer_total,
+                config.limits.max_tcp_flows,
+            ),
             dirty: Vec::new(),
             starved: Vec::new(),
             awaiting_mac: Vec::new(),
@@ -657,11 +665,11 @@ impl Network {
         if self.tcp_pending >= self.limits.max_tcp_pending {
             return self.stats.drop(DropReason::TcpPendingLimit);
         }
-        let host = match self.map.tcp(key.remote) {
+        let addr = match self.map.tcp(key.remote) {
             Route::Host(addr) if !self.allowed(policy::Proto::Tcp, key.guest, key.remote, addr) => {
                 return self.prohibit(frame, key.remote.ip());
             }
-            Route::Host(addr) => connect_tcp(addr, self.outbound(addr)),
+            Route::Host(addr) => addr,
             // Nothing there (or not allowed): "network unreachable" at once, as slirp4netns
             // answers a SYN to the gateway with host loopback disabled.
             _ => {
@@ -670,20 +678,28 @@ impl Network {
                 return self.reject(frame, key.remote.ip());
             }
         };
-        let host = match host {
+        // Buffers before the host hears of it: a refused flow leaves no trace there.
+        let Some(ring) = self.buffers.grant(self.tcp.len()) else {
+            self.stats.drop(DropReason::TcpBufferLimit);
+            return self.refuse_syn(t, frame, key);
+        };
+        let host = match connect_tcp(addr, self.outbound(addr)) {
             Ok(host) => host,
             Err(e) => {
                 log::debug!("tcp {} -> {}: refused ({e})", key.guest, key.remote);
+                self.buffers.release(ring);
                 self.stats.drop(DropReason::Refused);
                 return self.refuse_syn(t, frame, key);
             }
         };
-        let mut socket = new_socket(self.limits.tcp_buffer);
+        let mut socket = new_socket(ring);
         if socket.listen(listen_endpoint(key.remote)).is_err() {
+            self.buffers.release(ring);
             return self.stats.drop(DropReason::Malformed);
         }
         socket.pause_synack(true);
-        let Some(id) = self.insert_tcp(key, socket, host, HostSide::default(), true) else {
+        let Some(id) = self.insert_tcp(key, socket, ring, host, HostSide::default(), true) else {
+            self.buffers.release(ring);
             return self.stats.drop(DropReason::HostSocket);
         };
         let conn = &mut self.tcp[id];
@@ -699,6 +715,7 @@ impl Network {
         &mut self,
         key: FlowKey,
         socket: tcp::Socket<'static>,
+        ring: usize,
         mut host: mio::net::TcpStream,
         side: HostSide,
         connecting: bool,
@@ -719,12 +736,16 @@ impl Network {
             handle,
             host,
             side,
+            ring,
             connecting,
             dirty: false,
             timer: None,
         });
         self.tcp_index.insert(key, id);
         self.stats.tcp_opened += 1;
+        if self.buffers.is_reduced(ring) {
+            self.stats.tcp_small_buffers += 1;
+        }
         Some(id)
     }
 
@@ -1045,6 +1066,7 @@ impl Network {
     fn close_tcp(&mut self, id: usize, reset: bool) {
         let conn = self.tcp.remove(id);
         self.tcp_index.remove(&conn.key);
+        self.buffers.release(conn.ring);
         if conn.connecting {
             self.tcp_pending -= 1;
         }
@@ -1227,12 +1249,17 @@ impl Network {
                 self.stats.drop(DropReason::TcpFlowLimit);
                 continue;
             }
+            let Some(ring) = self.buffers.grant(self.tcp.len()) else {
+                self.stats.drop(DropReason::TcpBufferLimit);
+                continue;
+            };
             let _ = host.set_nodelay(true);
             let key = self.inbound_key(guest_ip, guest_port, client, false);
-            let mut socket = new_socket(self.limits.tcp_buffer);
+            let mut socket = new_socket(ring);
             let local = (IpAddress::from(key.remote.ip()), key.remote.port());
             let remote = (IpAddress::from(key.guest.ip()), key.guest.port());
             if socket.connect(self.iface.context(), remote, local).is_err() {
+                self.buffers.release(ring);
                 continue;
             }
             let side = HostSide {
@@ -1240,7 +1267,8 @@ impl Network {
                 writable: true,
                 ..HostSide::default()
             };
-            let Some(id) = self.insert_tcp(key, socket, host, side, false) else {
+            let Some(id) = self.insert_tcp(key, socket, ring, host, side, false) else {
+                self.buffers.release(ring);
                 continue;
             };
             self.mark_dirty(id);
@@ -1476,6 +1504,8 @@ impl crate::api::server::ForwardTable for Network {
             ("tcp_open", self.tcp.len() as u64),
             ("tcp_opened", s.tcp_opened),
             ("tcp_closed", s.tcp_closed),
+            ("tcp_small_buffers", s.tcp_small_buffers),
+            ("tcp_buffer_bytes", self.buffers.committed() as u64),
             ("udp_open", self.udp.len() as u64),
             ("udp_opened", s.udp_opened),
             ("icmp_open", self.icmp.len() as u64),
@@ -2112,6 +2142,91 @@ mod test {
         let out = sent(&mut net);
         assert_eq!(out.len(), 1, "an ARP request instead of the reset?");
         assert_eq!(tcp_flags(&out[0]), Some((false, true)));
+    }
+
+    /// Ring sizes of the open TCP flows, by destination port.
+    fn rings(net: &Network) -> Vec<(u16, usize, usize)> {
+        let mut v: Vec<_> = net
+            .tcp
+            .iter()
+            .map(|(_, c)| {
+                let s = c.set.get::<tcp::Socket>(c.handle);
+                (c.key.remote.port(), s.recv_capacity(), s.send_capacity())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn flows_near_the_buffer_total_get_small_rings_and_are_counted() {
+        // Room for one flow at 64 KiB each way plus the minimum for the two that may follow.
+        let limits = Limits {
+            max_tcp_flows: 3,
+            tcp_buffer: 64 * 1024,
+            tcp_buffer_total: 128 * 1024 + 2 * 2 * 4096,
+            ..Limits::default()
+        };
+        let (_poll, mut net) = network(limits);
+        for port in 1..=3 {
+            net.handle_frame(Instant::now(), &syn([10, 0, 2, 2], port));
+        }
+        assert_eq!(
+            rings(&net),
+            [(1, 65536, 65536), (2, 4096, 4096), (3, 4096, 4096)]
+        );
+        assert_eq!(net.stats.tcp_small_buffers, 2);
+        assert_eq!(net.buffers.committed(), limits.tcp_buffer_total);
+        assert_eq!(net.stats.drops(DropReason::TcpBufferLimit), 0);
+        // Closing the large flow gives its bytes back to the next one.
+        let first = net
+            .tcp
+            .iter()
+            .find(|(_, c)| c.key.remote.port() == 1)
+            .unwrap()
+            .0;
+        net.close_tcp(first, true);
+        net.handle_frame(Instant::now(), &syn([10, 0, 2, 2], 4));
+        assert_eq!(rings(&net)[2], (4, 65536, 65536));
+    }
+
+    #[test]
+    fn flows_past_the_buffer_total_are_reset_and_counted() {
+        // A total smaller than the flow limit needs: five flows at the minimum, then no room.
+        let limits = Limits {
+            max_tcp_flows: 100,
+            tcp_buffer: 4096,
+            tcp_buffer_total: 5 * 2 * 4096 + 4096,
+            ..Limits::default()
+        };
+        let (_poll, mut net) = network(limits);
+        for port in 1..=5 {
+            net.handle_frame(Instant::now(), &syn([10, 0, 2, 2], port));
+        }
+        assert_eq!(net.tcp.len(), 5);
+        assert!(
+            rings(&net)
+                .iter()
+                .all(|&(_, rx, tx)| rx == 4096 && tx == 4096)
+        );
+        let _ = sent(&mut net);
+        net.handle_frame(Instant::now(), &syn([10, 0, 2, 2], 6));
+        assert_eq!(net.tcp.len(), 5);
+        assert_eq!(net.stats.drops(DropReason::TcpBufferLimit), 1);
+        let out = sent(&mut net);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            tcp_flags(&out[0]),
+            Some((false, true)),
+            "a RST for the refused SYN"
+        );
+        assert!(net.buffers.committed() <= limits.tcp_buffer_total);
+        // Once a flow closes there is room again.
+        let any = net.tcp.iter().next().unwrap().0;
+        net.close_tcp(any, true);
+        net.handle_frame(Instant::now(), &syn([10, 0, 2, 2], 7));
+        assert_eq!(net.tcp.len(), 5);
+        assert_eq!(net.stats.drops(DropReason::TcpBufferLimit), 1);
     }
 
     #[test]

@@ -3,6 +3,10 @@ use std::path::Path;
 
 use tapir::cli::{Cli, Command};
 
+// Flow rings as bare mappings: an idle flow costs no ring page (see sys::alloc).
+#[global_allocator]
+static ALLOCATOR: tapir::sys::alloc::MappedLarge = tapir::sys::alloc::MappedLarge;
+
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
     // Installed (or symlinked) as `slirp4netns`, or run as `tapir slirp4netns ...`: take

@@ -27,6 +27,8 @@ pub enum DropReason {
     TcpFlowLimit,
     /// Limit: too many half-open TCP flows (host connect pending).
     TcpPendingLimit,
+    /// Limit: the TCP buffer total left no room for a new flow's buffers.
+    TcpBufferLimit,
     /// Limit: too many UDP flows.
     UdpFlowLimit,
     /// Limit: too many ICMP echo flows.
@@ -42,7 +44,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::Fragment,
@@ -52,6 +54,7 @@ impl DropReason {
         DropReason::NoFlow,
         DropReason::TcpFlowLimit,
         DropReason::TcpPendingLimit,
+        DropReason::TcpBufferLimit,
         DropReason::UdpFlowLimit,
         DropReason::IcmpFlowLimit,
         DropReason::TxQueueFull,
@@ -72,6 +75,7 @@ impl DropReason {
             DropReason::NoFlow => "drop_no_flow",
             DropReason::TcpFlowLimit => "limit_tcp_flows",
             DropReason::TcpPendingLimit => "limit_tcp_pending",
+            DropReason::TcpBufferLimit => "limit_tcp_buffers",
             DropReason::UdpFlowLimit => "limit_udp_flows",
             DropReason::IcmpFlowLimit => "limit_icmp_flows",
             DropReason::TxQueueFull => "limit_tx_queue",
@@ -91,6 +95,7 @@ impl DropReason {
             self,
             DropReason::TcpFlowLimit
                 | DropReason::TcpPendingLimit
+                | DropReason::TcpBufferLimit
                 | DropReason::UdpFlowLimit
                 | DropReason::IcmpFlowLimit
                 | DropReason::TxQueueFull
@@ -108,6 +113,8 @@ pub struct Stats {
     pub bytes_out: u64,
     pub tcp_opened: u64,
     pub tcp_closed: u64,
+    /// TCP flows opened with buffers smaller than `Limits::tcp_buffer` (the total was near).
+    pub tcp_small_buffers: u64,
     pub udp_opened: u64,
     pub icmp_opened: u64,
 }

@@ -15,6 +15,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     }
     let plan = AddressPlan::from_cidr(&args.cidr, !args.disable_host_loopback)?;
     let mtu = check_mtu(args.mtu)?;
+    let limits = Limits::default().with_tcp_buffers(args.tcp_buffer, args.tcp_buffer_total)?;
     if args.command.is_empty() {
         return Err(ConfigError::NoCommand.into());
     }
@@ -39,7 +40,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     let config = NetworkConfig {
         plan,
         mtu,
-        limits: Limits::default(),
+        limits,
         forwards: args.publish,
         vnet_hdr: true,
         nameservers,

@@ -15,6 +15,11 @@
 //! every byte before it was written; the host's EOF becomes a FIN after the queued bytes; a
 //! reset on either side resets the other.
 //!
+//! Buffers are budgeted ([`BufferBudget`]): each flow's two rings are fixed when it opens
+//! (smoltcp cannot resize them, and the window scale follows the receive ring), so the budget
+//! counts their capacity, not their contents. A guest that fills every ring it is given can
+//! make tapir hold at most `Limits::tcp_buffer_total` bytes of ring.
+//!
 //! Guest-initiated flows start with a paused SYN-ACK: the guest's SYN is held in SYN-RECEIVED
 //! until the host `connect()` finishes, and then either the SYN-ACK goes out or the socket is
 //! aborted (RST), so a refused host connection is a refused guest connection.
@@ -24,6 +29,9 @@ use std::io::{self, Read, Write};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Duration;
+
+use crate::config::TCP_BUFFER_MIN;
+use crate::sys::alloc;
 
 /// The host end of a spliced connection.
 pub trait HostStream: Read + Write {
@@ -60,17 +68,89 @@ pub enum Verdict {
     Reset,
 }
 
+/// The byte budget of all TCP flows' rings.
+///
+/// A flow asks for `per_flow` bytes each way. It gets them while that leaves a reserve of
+/// `total`: [`TCP_BUFFER_MIN`] each way for every flow that may still open (up to the flow
+/// limit), but never more than half the total. Otherwise it gets the largest halving of
+/// `per_flow` that leaves the reserve, and at worst the minimum while the total still has room
+/// for it; past that it is refused. With the defaults the reserve covers every flow up to the
+/// limit, so the flow limit, not the budget, refuses connections; a small total still gives
+/// its first half to large windows. Sans-I/O: the event loop asks and gives back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferBudget {
+    per_flow: usize,
+    total: usize,
+    max_flows: usize,
+    /// Capacity of the rings of open flows, both directions.
+    committed: usize,
+}
+
+impl BufferBudget {
+    pub fn new(per_flow: usize, total: usize, max_flows: usize) -> BufferBudget {
+        BufferBudget {
+            per_flow: per_flow.max(TCP_BUFFER_MIN),
+            total,
+            max_flows,
+            committed: 0,
+        }
+    }
+
+    /// The ring size (each direction) for a new flow when `open` flows exist, now counted as
+    /// committed; `None` when not even the minimum fits.
+    pub fn grant(&mut self, open: usize) -> Option<usize> {
+        let later = self.max_flows.saturating_sub(open + 1);
+        let reserve = later.saturating_mul(2 * TCP_BUFFER_MIN).min(self.total / 2);
+        let room = self.total.saturating_sub(self.committed);
+        let mut size = self.per_flow;
+        while size > TCP_BUFFER_MIN && 2 * size > room.saturating_sub(reserve) {
+            size = (size / 2).max(TCP_BUFFER_MIN);
+        }
+        if 2 * size > room {
+            return None;
+        }
+        self.committed += 2 * size;
+        Some(size)
+    }
+
+    /// Gives back the rings of a closed flow that was granted `size`.
+    pub fn release(&mut self, size: usize) {
+        self.committed = self.committed.saturating_sub(2 * size);
+    }
+
+    /// Bytes of ring capacity held by open flows.
+    pub fn committed(&self) -> usize {
+        self.committed
+    }
+
+    /// Whether `size` is less than a flow asks for.
+    pub fn is_reduced(&self, size: usize) -> bool {
+        size < self.per_flow
+    }
+}
+
 /// Guest-side options: no Nagle, no delayed ACK (the guest is one copy away, latency matters
 /// more than the extra ACKs), and a timeout so a guest that stops answering cannot pin a flow.
 pub fn new_socket(buffer: usize) -> tcp::Socket<'static> {
     let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; buffer]),
-        tcp::SocketBuffer::new(vec![0; buffer]),
+        tcp::SocketBuffer::new(ring(buffer)),
+        tcp::SocketBuffer::new(ring(buffer)),
     );
     socket.set_nagle_enabled(false);
     socket.set_ack_delay(None);
     socket.set_timeout(Some(Duration::from_secs(120)));
     socket
+}
+
+/// A zeroed ring of `len` bytes whose allocation is at least [`alloc::LARGE`], so that the
+/// tapir binary's allocator gives it pages of its own that stay untouched until data flows.
+/// (A 4 KiB ring from the heap would share pages with its neighbours' headers: 10 000 small
+/// rings cost 80 MiB resident, idle, and stayed in the heap after the flows closed.) The
+/// capacity beyond `len` is address space only.
+fn ring(len: usize) -> Vec<u8> {
+    let mut v = vec![0; len.max(alloc::LARGE)];
+    v.truncate(len);
+    v
 }
 
 /// A socket set holding just `socket`.
@@ -373,6 +453,57 @@ mod test {
             writable: true,
             ..HostSide::default()
         }
+    }
+
+    #[test]
+    fn budget_gives_full_rings_then_halves_then_the_minimum_then_refuses() {
+        const K: usize = 1024;
+        // 4 flows at most; 1 MiB asked; 2 MiB + 3 × 8 KiB of reserve fit in the total.
+        let mut b = BufferBudget::new(1024 * K, 2048 * K + 24 * K + 512 * K, 4);
+        assert_eq!(b.grant(0), Some(1024 * K));
+        // 536 KiB left, 16 KiB of it reserved for the two flows that may still open: the next
+        // flow gets 256 KiB each way.
+        assert_eq!(b.grant(1), Some(256 * K));
+        assert!(b.is_reduced(256 * K));
+        // The rest goes down to the reserve, which the last flows still get.
+        let third = b.grant(2).unwrap();
+        assert!((TCP_BUFFER_MIN..256 * K).contains(&third), "{third}");
+        assert!(b.grant(3).is_some());
+        assert!(b.committed() <= 2048 * K + 24 * K + 512 * K);
+        // Past the flow limit the reserve is gone: a fifth flow only gets what is left.
+        let left = 2048 * K + 24 * K + 512 * K - b.committed();
+        assert_eq!(b.grant(4).is_some(), left >= 2 * TCP_BUFFER_MIN);
+        // Closing the first flow gives its megabyte back.
+        b.release(1024 * K);
+        assert_eq!(b.grant(3), Some(1024 * K));
+    }
+
+    #[test]
+    fn small_rings_still_get_a_mapping_of_their_own() {
+        let r = ring(TCP_BUFFER_MIN);
+        assert_eq!(r.len(), TCP_BUFFER_MIN);
+        assert!(r.capacity() >= alloc::LARGE);
+        assert!(r.iter().all(|b| *b == 0));
+        let socket = new_socket(TCP_BUFFER_MIN);
+        assert_eq!(socket.recv_capacity(), TCP_BUFFER_MIN);
+        assert_eq!(socket.send_capacity(), TCP_BUFFER_MIN);
+    }
+
+    #[test]
+    fn budget_never_commits_past_the_total() {
+        let total = 100 * TCP_BUFFER_MIN + 1;
+        let mut b = BufferBudget::new(1 << 20, total, 10_000);
+        let mut sizes = Vec::new();
+        while let Some(size) = b.grant(sizes.len()) {
+            assert!(size >= TCP_BUFFER_MIN);
+            sizes.push(size);
+            assert!(b.committed() <= total);
+        }
+        // The reserve (half the total: the flow limit would need far more) went to the last
+        // flows at the minimum; the first half to fewer, larger rings; nothing usable is left.
+        assert!(sizes[0] > TCP_BUFFER_MIN, "{sizes:?}");
+        assert!(sizes.iter().rev().take(25).all(|s| *s == TCP_BUFFER_MIN));
+        assert!(total - b.committed() < 2 * TCP_BUFFER_MIN);
     }
 
     #[test]

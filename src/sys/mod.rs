@@ -12,6 +12,7 @@
 //!   stack in the child.
 #![allow(unsafe_code)]
 
+pub mod alloc;
 pub mod fdpass;
 pub mod sandbox;
 pub mod tap;
