@@ -12,6 +12,7 @@ use crate::service::dns::parse_resolv_conf;
 pub fn run(args: RunArgs) -> Result<i32, Error> {
     let plan = AddressPlan::from_cidr(&args.cidr, !args.disable_host_loopback)?;
     let mtu = check_mtu(args.mtu)?;
+    let limits = Limits::from_specs(&args.limits)?;
     if args.command.is_empty() {
         return Err(ConfigError::NoCommand.into());
     }
@@ -36,7 +37,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     let config = NetworkConfig {
         plan,
         mtu,
-        limits: Limits::default(),
+        limits,
         forwards: args.publish,
         vnet_hdr: true,
         nameservers,
