@@ -2182,7 +2182,7 @@ mod test {
         assert_eq!(out.len(), 1, "one ICMP error, no RST");
         let ip = Ipv4Packet::new_checked(&out[0][14..]).unwrap();
         assert_eq!(ip.next_header(), IpProtocol::Icmp);
-        assert_eq!(Ipv4Addr::from(ip.src_addr()), Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!(ip.src_addr(), Ipv4Addr::new(10, 0, 2, 2));
         let icmp = ip.payload();
         assert_eq!(&icmp[..2], &[3, 1], "host unreachable");
         // The quote: the SYN's IP header and the first 8 bytes of its TCP header.
