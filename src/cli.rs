@@ -110,14 +110,13 @@ pub struct RunArgs {
     /// --deny and --allow merged in command-line order (filled in by `Cli::parse_ordered`).
     #[arg(skip)]
     pub rules: Vec<(crate::flow::policy::Action, String)>,
-    /// Bytes of each direction's buffer of a guest TCP connection (its largest window),
-    /// 4096 to 1073741824. Default 1048576.
-    #[arg(long, value_name = "BYTES")]
-    pub tcp_buffer: Option<usize>,
-    /// Bytes of all TCP buffers together: connections opened near it get smaller buffers,
-    /// and are refused past it. Default 268435456 (256 MiB).
-    #[arg(long, value_name = "BYTES")]
-    pub tcp_buffer_total: Option<usize>,
+    /// Change a resource limit: tcp-flows (16384), tcp-pending (1024, host connects under
+    /// way), tcp-buffer (bytes per direction per flow, 1048576),
+    /// tcp-buffer-total (all TCP buffers together, 268435456), udp-flows (4096),
+    /// udp-idle-secs (60), icmp-flows (256), icmp-idle-secs (10), tx-frames (1024, frames
+    /// queued towards the guest). Repeatable.
+    #[arg(long = "limit", value_name = "NAME=N")]
+    pub limits: Vec<String>,
     /// Write every frame on the guest's TAP to this file (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,

@@ -24,14 +24,23 @@ pub enum ConfigError {
     CidrNotNetwork(String),
     #[error("--mtu {0} is out of range: it must be between 1280 and 65520")]
     Mtu(u32),
-    #[error("--tcp-buffer {0} is out of range: it must be between 4096 and 1073741824 bytes")]
-    TcpBuffer(usize),
     #[error(
-        "--tcp-buffer-total {total} is too small: it must hold at least two buffers of --tcp-buffer {per_flow} bytes"
+        "--limit tcp-buffer-total={total} is too small: it must hold at least two buffers of tcp-buffer={per_flow} bytes"
     )]
     TcpBufferTotal { total: usize, per_flow: usize },
     #[error("no command given: tapir run needs one after its options, as in `tapir run -- sh`")]
     NoCommand,
+    #[error("--limit {0:?} is not of the form NAME=NUMBER, as in tcp-flows=4096")]
+    LimitSyntax(String),
+    #[error("--limit {0:?} names no limit: the limits are {names}", names = Limits::NAMES.join(", "))]
+    LimitName(String),
+    #[error("--limit {spec:?} is out of range: {name} must be between {min} and {max}")]
+    LimitRange {
+        spec: String,
+        name: &'static str,
+        min: u64,
+        max: u64,
+    },
 }
 
 /// The guest-visible IPv4 addresses and how the gateway maps to the host.
@@ -234,34 +243,142 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// These limits with TCP buffer sizes from the command line, checked.
-    pub fn with_tcp_buffers(
-        self,
-        per_flow: Option<usize>,
-        total: Option<usize>,
-    ) -> Result<Limits, ConfigError> {
-        let tcp_buffer = per_flow.unwrap_or(self.tcp_buffer);
-        if !(TCP_BUFFER_MIN..=TCP_BUFFER_MAX).contains(&tcp_buffer) {
-            return Err(ConfigError::TcpBuffer(tcp_buffer));
+    /// The names `--limit NAME=N` takes, in the order `--help` lists them.
+    pub const NAMES: [&'static str; 9] = [
+        "tcp-flows",
+        "tcp-pending",
+        "tcp-buffer",
+        "tcp-buffer-total",
+        "udp-flows",
+        "udp-idle-secs",
+        "icmp-flows",
+        "icmp-idle-secs",
+        "tx-frames",
+    ];
+
+    /// Applies one `NAME=N` from the command line. The ranges keep each limit meaningful: at
+    /// least one flow, a buffer that holds a segment, a queue that holds a burst; at most what
+    /// a 64-bit process could plausibly hold.
+    pub fn set(&mut self, spec: &str) -> Result<(), ConfigError> {
+        let syntax = || ConfigError::LimitSyntax(spec.to_string());
+        let (name, value) = spec.split_once('=').ok_or_else(syntax)?;
+        let (name, value) = (name.trim(), value.trim());
+        if name.is_empty() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(syntax());
         }
-        let tcp_buffer_total = total.unwrap_or(self.tcp_buffer_total);
-        if tcp_buffer_total / 2 < tcp_buffer {
+        let (name, min, max): (&'static str, u64, u64) = match name {
+            "tcp-flows" => ("tcp-flows", 1, 1 << 20),
+            "tcp-pending" => ("tcp-pending", 1, 1 << 16),
+            "tcp-buffer" => ("tcp-buffer", TCP_BUFFER_MIN as u64, TCP_BUFFER_MAX as u64),
+            "tcp-buffer-total" => ("tcp-buffer-total", 2 * TCP_BUFFER_MIN as u64, 1 << 40),
+            "udp-flows" => ("udp-flows", 1, 1 << 20),
+            "udp-idle-secs" => ("udp-idle-secs", 1, 86400),
+            "icmp-flows" => ("icmp-flows", 1, 1 << 16),
+            "icmp-idle-secs" => ("icmp-idle-secs", 1, 86400),
+            "tx-frames" => ("tx-frames", 16, 1 << 16),
+            _ => return Err(ConfigError::LimitName(spec.to_string())),
+        };
+        let n = value
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or(ConfigError::LimitRange {
+                spec: spec.to_string(),
+                name,
+                min,
+                max,
+            })?;
+        // In range, so it fits a usize on any target tapir builds for (64-bit Linux).
+        let count = usize::try_from(n).unwrap_or(usize::MAX);
+        match name {
+            "tcp-flows" => self.max_tcp_flows = count,
+            "tcp-pending" => self.max_tcp_pending = count,
+            "tcp-buffer" => self.tcp_buffer = count,
+            "tcp-buffer-total" => self.tcp_buffer_total = count,
+            "udp-flows" => self.max_udp_flows = count,
+            "udp-idle-secs" => self.udp_idle = Duration::from_secs(n),
+            "icmp-flows" => self.max_icmp_flows = count,
+            "icmp-idle-secs" => self.icmp_idle = Duration::from_secs(n),
+            _ => self.max_tx_frames = count,
+        }
+        Ok(())
+    }
+
+    /// The defaults with every `NAME=N` of `specs` applied in order (a later one wins).
+    pub fn from_specs<S: AsRef<str>>(specs: &[S]) -> Result<Limits, ConfigError> {
+        let mut limits = Limits::default();
+        for spec in specs {
+            limits.set(spec.as_ref())?;
+        }
+        if limits.tcp_buffer_total / 2 < limits.tcp_buffer {
             return Err(ConfigError::TcpBufferTotal {
-                total: tcp_buffer_total,
-                per_flow: tcp_buffer,
+                total: limits.tcp_buffer_total,
+                per_flow: limits.tcp_buffer,
             });
         }
-        Ok(Limits {
-            tcp_buffer,
-            tcp_buffer_total,
-            ..self
-        })
+        Ok(limits)
     }
 }
 
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn limits_from_the_command_line() {
+        let l = Limits::from_specs(&[
+            "tcp-flows=64",
+            "tcp-pending=8",
+            "tcp-buffer=65536",
+            "udp-flows=32",
+            "udp-idle-secs=5",
+            "icmp-flows=4",
+            "icmp-idle-secs=2",
+            "tx-frames=128",
+            "tcp-flows=65",
+        ])
+        .unwrap();
+        assert_eq!(l.max_tcp_flows, 65, "a later --limit wins");
+        assert_eq!(l.max_tcp_pending, 8);
+        assert_eq!(l.tcp_buffer, 65536);
+        assert_eq!(l.max_udp_flows, 32);
+        assert_eq!(l.udp_idle, Duration::from_secs(5));
+        assert_eq!(l.max_icmp_flows, 4);
+        assert_eq!(l.icmp_idle, Duration::from_secs(2));
+        assert_eq!(l.max_tx_frames, 128);
+        assert_eq!(Limits::from_specs::<&str>(&[]).unwrap(), Limits::default());
+    }
+
+    #[test]
+    fn bad_limits_name_the_value() {
+        for bad in [
+            "tcp-flows",
+            "tcp-flows=",
+            "tcp-flows=-1",
+            "tcp-flows=1k",
+            "=5",
+        ] {
+            let e = Limits::from_specs(&[bad]).unwrap_err();
+            assert_eq!(e, ConfigError::LimitSyntax(bad.into()), "{bad}");
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        let e = Limits::from_specs(&["tcp_flows=5"]).unwrap_err();
+        assert_eq!(e, ConfigError::LimitName("tcp_flows=5".into()));
+        assert!(e.to_string().contains("tcp-flows, tcp-pending"), "{e}");
+        for bad in [
+            "tcp-flows=0",
+            "tcp-buffer=100",
+            "tx-frames=99999999999999999999999",
+            "udp-idle-secs=0",
+        ] {
+            let e = Limits::from_specs(&[bad]).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::LimitRange { spec, .. } if spec == bad),
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains("must be between"), "{e}");
+        }
+    }
 
     #[test]
     fn default_plan_matches_slirp4netns() {
@@ -342,20 +459,19 @@ mod test {
     }
 
     #[test]
-    fn tcp_buffer_options_are_checked() {
+    fn tcp_buffer_limits_are_checked() {
         let d = Limits::default();
-        assert_eq!(d.with_tcp_buffers(None, None), Ok(d));
-        let l = d.with_tcp_buffers(Some(65536), Some(1 << 20)).unwrap();
+        assert_eq!(Limits::from_specs::<&str>(&[]), Ok(d));
+        let l = Limits::from_specs(&["tcp-buffer=65536", "tcp-buffer-total=1048576"]).unwrap();
         assert_eq!((l.tcp_buffer, l.tcp_buffer_total), (65536, 1 << 20));
-        let e = d.with_tcp_buffers(Some(100), None).unwrap_err();
-        assert_eq!(e, ConfigError::TcpBuffer(100));
-        assert!(e.to_string().contains("100"));
-        assert!(d.with_tcp_buffers(Some((1 << 30) + 1), None).is_err());
+        let e = Limits::from_specs(&["tcp-buffer=100"]).unwrap_err();
+        assert!(e.to_string().contains("tcp-buffer=100"), "{e}");
+        assert!(Limits::from_specs(&["tcp-buffer=1073741825"]).is_err());
         // The default total with a larger per-flow buffer still has to hold two of them.
-        let e = d.with_tcp_buffers(Some(1 << 30), None).unwrap_err();
+        let e = Limits::from_specs(&["tcp-buffer=1073741824"]).unwrap_err();
         assert!(e.to_string().contains("268435456"), "{e}");
-        assert!(d.with_tcp_buffers(None, Some(1 << 21)).is_ok());
-        assert!(d.with_tcp_buffers(None, Some((1 << 21) - 1)).is_err());
+        assert!(Limits::from_specs(&["tcp-buffer-total=2097152"]).is_ok());
+        assert!(Limits::from_specs(&["tcp-buffer-total=2097151"]).is_err());
     }
 
     #[test]

@@ -42,7 +42,10 @@ use crate::config::{AddressPlan, Ipv6Plan, Limits};
 use crate::flow::addr::{AddressMap, Route};
 use crate::flow::icmp::{self, EchoFlow, EchoKey};
 use crate::flow::policy::{self, Policy};
-use crate::flow::tcp::{BufferBudget, HostSide, Verdict, new_socket, pump, single_set};
+use crate::flow::tcp::{
+    BufferBudget, ConnectFailure, HostSide, Verdict, is_resource_exhaustion, new_socket, pump,
+    single_set,
+};
 use crate::flow::udp::{self, UdpFlow, UdpKind};
 use crate::forward::spec::{PortForward, Proto};
 use crate::service::dhcp::DhcpServer;
@@ -96,6 +99,9 @@ pub struct NetworkConfig {
     pub policy: Policy,
 }
 
+/// The longest guest SYN (IP packet) kept to be quoted in an ICMP error.
+const MAX_QUOTED_SYN: usize = 128;
+
 /// Well within smoltcp's 60 s neighbour-cache lifetime.
 const STACK_ARP_REFRESH: Duration = Duration::from_secs(20);
 
@@ -104,6 +110,7 @@ const SIGNAL: Token = Token(1);
 const DNS: Token = Token(2);
 const EXIT_FD: Token = Token(3);
 const API: Token = Token(4);
+const TARGET: Token = Token(5);
 const KIND_SHIFT: u32 = 32;
 const KIND_TCP: usize = 1;
 const KIND_UDP: usize = 2;
@@ -130,6 +137,9 @@ struct TcpConn {
     ring: usize,
     /// The host `connect()` has not finished; the guest's SYN-ACK is held back.
     connecting: bool,
+    /// While connecting: the guest's SYN (from its IP header), quoted by the ICMP error
+    /// that answers a host connect failing as unreachable.
+    syn: Option<Box<[u8]>>,
     dirty: bool,
     /// The earliest smoltcp deadline queued in the timer heap for this flow.
     timer: Option<smoltcp::time::Instant>,
@@ -686,10 +696,9 @@ impl Network {
         let host = match connect_tcp(addr, self.outbound(addr)) {
             Ok(host) => host,
             Err(e) => {
-                log::debug!("tcp {} -> {}: refused ({e})", key.guest, key.remote);
+                log::debug!("tcp {} -> {}: {e}", key.guest, key.remote);
                 self.buffers.release(ring);
-                self.stats.drop(DropReason::Refused);
-                return self.refuse_syn(t, frame, key);
+                return self.answer_failed_connect(t, frame, key, &e);
             }
         };
         let mut socket = new_socket(ring);
@@ -703,6 +712,9 @@ impl Network {
             return self.stats.drop(DropReason::HostSocket);
         };
         let conn = &mut self.tcp[id];
+        // A plain SYN is well under 128 bytes; one carrying data gets a RST rather than
+        // having tapir hold its payload while the connect is under way.
+        conn.syn = (frame.len() <= 14 + MAX_QUOTED_SYN).then(|| frame[14..].into());
         let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
         self.iface.poll_ingress_single(t, &mut dev, &mut conn.set);
         self.tcp_pending += 1;
@@ -738,6 +750,7 @@ impl Network {
             side,
             ring,
             connecting,
+            syn: None,
             dirty: false,
             timer: None,
         });
@@ -747,6 +760,27 @@ impl Network {
             self.stats.tcp_small_buffers += 1;
         }
         Some(id)
+    }
+
+    /// Tells the guest that the host connect for its SYN (`frame`) failed at once: a RST, or
+    /// ICMP unreachable when the host had no route (see [`ConnectFailure`]). Running out of
+    /// descriptors is counted as a limit (and logged once); the loop goes on either way.
+    fn answer_failed_connect(
+        &mut self,
+        t: smoltcp::time::Instant,
+        frame: &[u8],
+        key: FlowKey,
+        e: &io::Error,
+    ) {
+        if is_resource_exhaustion(e.raw_os_error()) {
+            self.stats.drop(DropReason::HostSocket);
+        } else {
+            self.stats.drop(DropReason::Refused);
+        }
+        match ConnectFailure::from_errno(e.raw_os_error()) {
+            ConnectFailure::Reset => self.refuse_syn(t, frame, key),
+            why => self.unreachable(&frame[14..], key.remote.ip(), why),
+        }
     }
 
     /// Answers a SYN with a RST: a throwaway socket takes the SYN and is aborted at once.
@@ -843,30 +877,36 @@ impl Network {
     }
 
     fn reject_with(&mut self, frame: &[u8], from: IpAddr, prohibited: bool) {
+        let why = if prohibited {
+            ConnectFailure::Prohibited
+        } else {
+            ConnectFailure::NetUnreachable
+        };
+        self.unreachable(&frame[14..], from, why);
+    }
+
+    /// ICMP destination unreachable (of the kind `why` names) from `from` about `packet`, an
+    /// IP packet the guest sent. `ConnectFailure::Reset` is not an ICMP error: nothing is sent.
+    fn unreachable(&mut self, packet: &[u8], from: IpAddr, why: ConnectFailure) {
         let Some(link) = self.link() else { return };
+        let (v4, v6) = match why {
+            ConnectFailure::Reset => return,
+            ConnectFailure::NetUnreachable => (
+                Icmpv4DstUnreachable::NetUnreachable,
+                frame::UnreachableV6::NoRoute,
+            ),
+            ConnectFailure::HostUnreachable => (
+                Icmpv4DstUnreachable::HostUnreachable,
+                frame::UnreachableV6::AddrUnreachable,
+            ),
+            ConnectFailure::Prohibited => (
+                Icmpv4DstUnreachable::CommProhibited,
+                frame::UnreachableV6::AdminProhibit,
+            ),
+        };
         let built = match from {
-            IpAddr::V4(from) => frame::unreachable_v4(
-                &mut self.scratch,
-                link,
-                from,
-                if prohibited {
-                    Icmpv4DstUnreachable::CommProhibited
-                } else {
-                    Icmpv4DstUnreachable::NetUnreachable
-                },
-                &frame[14..],
-            ),
-            IpAddr::V6(from) => frame::unreachable_v6(
-                &mut self.scratch,
-                link,
-                from,
-                if prohibited {
-                    frame::UnreachableV6::AdminProhibit
-                } else {
-                    frame::UnreachableV6::NoRoute
-                },
-                &frame[14..],
-            ),
+            IpAddr::V4(from) => frame::unreachable_v4(&mut self.scratch, link, from, v4, packet),
+            IpAddr::V6(from) => frame::unreachable_v6(&mut self.scratch, link, from, v6, packet),
         };
         if built {
             self.send_scratch();
@@ -985,6 +1025,7 @@ impl Network {
                 Ok(None) => match conn.host.peer_addr() {
                     Ok(_) => {
                         conn.connecting = false;
+                        conn.syn = None;
                         self.tcp_pending -= 1;
                         conn.set
                             .get_mut::<tcp::Socket>(conn.handle)
@@ -1010,6 +1051,15 @@ impl Network {
         log::debug!("tcp {} -> {}: {e}", conn.key.guest, conn.key.remote);
         conn.connecting = false;
         self.tcp_pending -= 1;
+        let why = ConnectFailure::from_errno(e.raw_os_error());
+        if why != ConnectFailure::Reset
+            && let Some(syn) = conn.syn.take()
+        {
+            // The ICMP error ends the guest's connect; its socket goes without a RST.
+            let from = conn.key.remote.ip();
+            self.unreachable(&syn, from, why);
+            return self.close_tcp(id, false);
+        }
         // Abort: the guest's connection is refused with a RST, then the flow goes.
         conn.set.get_mut::<tcp::Socket>(conn.handle).abort();
         self.mark_dirty(id);
@@ -1046,6 +1096,10 @@ impl Network {
             self.starved.push(id);
         }
         match verdict {
+            // A flow whose host connect is under way has no timer to keep: its paused SYN-ACK
+            // makes smoltcp ask to be polled "now" until the connect ends (a timer for it
+            // would fire again at once, forever), and the connect's end wakes the flow anyway.
+            Verdict::Open if self.tcp[id].connecting => {}
             Verdict::Open => self.schedule(t, id),
             Verdict::Done => self.close_tcp(id, false),
             Verdict::Reset => self.close_tcp(id, true),
@@ -1240,8 +1294,11 @@ impl Network {
             let (host, client) = match listener.accept() {
                 Ok(r) => r,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                // Out of descriptors, most likely: counted and warned about once, not per
+                // client (the client waits in the backlog until a descriptor is free).
                 Err(e) => {
-                    log::warn!("accept on {}: {e}", fwd.host);
+                    log::debug!("accept on {}: {e}", fwd.host);
+                    self.stats.drop(DropReason::HostSocket);
                     return;
                 }
             };
@@ -1344,11 +1401,18 @@ impl Network {
     /// Services smoltcp timers that are due, the DNS forwarder's, and the idle sweep.
     pub fn handle_timers(&mut self, now: Instant) {
         let t = self.smol_now(now);
+        // Take what is due first, then service it: a flow that cannot emit (the queue towards
+        // the guest is full) asks to be polled "now" again, and servicing it from the heap
+        // directly would pop and push it forever, the loop stuck and `starved` growing.
+        let mut due = Vec::new();
         while let Some(&Reverse((at, id))) = self.timers.peek() {
             if at > t {
                 break;
             }
             self.timers.pop();
+            due.push((at, id));
+        }
+        for (at, id) in due {
             if let Some(conn) = self.tcp.get_mut(id)
                 && conn.timer == Some(at)
             {
@@ -1599,9 +1663,10 @@ const DRAIN_QUIET: Duration = Duration::from_millis(100);
 pub enum Lifetime {
     /// `tapir run`: until the guest command exits; termination signals are passed on to it.
     Child(Pid),
-    /// slirp4netns mode: until the exit fd (if any) hangs up or is invalid, or a termination
-    /// signal arrives.
-    ExitFd(Option<OwnedFd>),
+    /// slirp4netns mode: until the exit fd (the first, if any) hangs up or is invalid, the
+    /// target process (the second: a pidfd, with `--netns-type=pid`) exits, or a termination
+    /// signal arrives. (The TAP alone would not tell: tapir's TAP fd holds the namespace.)
+    ExitFd(Option<OwnedFd>, Option<OwnedFd>),
 }
 
 /// Why the network stopped.
@@ -1680,13 +1745,23 @@ impl Driver {
         mut api: Option<ApiServer>,
     ) -> Result<Driver, LoopError> {
         let poll = Poll::new().map_err(LoopError::Poll)?;
-        if let Lifetime::ExitFd(Some(fd)) = &lifetime {
+        if let Lifetime::ExitFd(Some(fd), _) = &lifetime {
             let raw = fd.as_raw_fd();
             // An fd that is not open cannot be registered: that is the POLLNVAL case, seen
             // by `initial_ending`.
             let _ = poll
                 .registry()
                 .register(&mut SourceFd(&raw), EXIT_FD, Interest::READABLE);
+        }
+        if let Lifetime::ExitFd(_, Some(pidfd)) = &lifetime {
+            // Readable once the process has exited (at once, if it already has).
+            poll.registry()
+                .register(
+                    &mut SourceFd(&pidfd.as_raw_fd()),
+                    TARGET,
+                    Interest::READABLE,
+                )
+                .map_err(LoopError::Poll)?;
         }
         if let Some(api) = &mut api {
             api.register(poll.registry(), API, |i| token(KIND_API, i))
@@ -1743,11 +1818,11 @@ impl Driver {
     fn initial_ending(&mut self) -> Option<Ending> {
         match &self.lifetime {
             Lifetime::Child(pid) => reap(*pid).map(Ending::Child),
-            Lifetime::ExitFd(Some(fd)) => {
+            Lifetime::ExitFd(Some(fd), _) => {
                 let open = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFD).is_ok();
                 (!open).then_some(Ending::ExitFd)
             }
-            Lifetime::ExitFd(None) => None,
+            Lifetime::ExitFd(None, _) => None,
         }
     }
 
@@ -1801,6 +1876,7 @@ impl Driver {
                 }
                 SIGNAL => signalled = true,
                 EXIT_FD => ending = ending.or(Some(Ending::ExitFd)),
+                TARGET => ending = ending.or(Some(Ending::GuestGone)),
                 API => api_ready.push(None),
                 t if untoken(t).0 == KIND_API => api_ready.push(Some(untoken(t).1)),
                 t => self
@@ -1816,11 +1892,11 @@ impl Driver {
             for which in api_ready {
                 api.ready(registry, which, now, &mut self.net, |i| token(KIND_API, i));
             }
-            api.expire(registry, now);
+            api.expire(registry, now, |i| token(KIND_API, i));
         }
         if self.tap_readable && !self.tap_gone {
             let exiting = matches!(ending, Some(Ending::Child(_)));
-            if self.read_tap(now, exiting)? && matches!(self.lifetime, Lifetime::ExitFd(_)) {
+            if self.read_tap(now, exiting)? && matches!(self.lifetime, Lifetime::ExitFd(..)) {
                 ending = ending.or(Some(Ending::GuestGone));
             }
         }
@@ -1849,8 +1925,8 @@ impl Driver {
                 (Lifetime::Child(pid), sig) => {
                     let _ = nix::sys::signal::kill(*pid, sig);
                 }
-                (Lifetime::ExitFd(_), Signal::SIGCHLD) => {}
-                (Lifetime::ExitFd(_), sig) => ending = ending.or(Some(Ending::Signal(sig))),
+                (Lifetime::ExitFd(..), Signal::SIGCHLD) => {}
+                (Lifetime::ExitFd(..), sig) => ending = ending.or(Some(Ending::Signal(sig))),
             }
         }
         ending
@@ -1873,7 +1949,7 @@ impl Driver {
                 Err(nix::errno::Errno::EINTR) => {}
                 // Once the guest is gone its namespace, and the TAP with it, may go too.
                 Err(e)
-                    if exiting || self.exiting || matches!(self.lifetime, Lifetime::ExitFd(_)) =>
+                    if exiting || self.exiting || matches!(self.lifetime, Lifetime::ExitFd(..)) =>
                 {
                     log::debug!("the TAP is gone: {e}");
                     self.tap_gone = true;
@@ -2066,6 +2142,84 @@ mod test {
         let ip = Ipv4Packet::new_checked(&f[14..]).ok()?;
         let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
         Some((tcp.syn(), tcp.rst()))
+    }
+
+    /// A guest retransmits its SYN while the host connect is still under way (after 1 s,
+    /// as Linux does): the flow must not leave a timer that is always due, on which the loop
+    /// would spin forever (the hang a SYN flood and any slow host connect exposed).
+    #[test]
+    fn a_retransmitted_syn_while_connecting_leaves_no_timer_due() {
+        let (_poll, mut net) = network(Limits::default());
+        let t0 = Instant::now();
+        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        // Port 1 of the host's loopback; no event is ever polled here, so the connect stays
+        // under way.
+        net.handle_frame(t0, &syn([10, 0, 2, 2], 1));
+        assert_eq!((net.tcp.len(), net.tcp_pending), (1, 1));
+        let t1 = t0 + Duration::from_millis(500);
+        net.handle_frame(t1, &syn([10, 0, 2, 2], 1));
+        net.service_dirty(t1);
+        assert!(net.poll_at() > t1, "a timer is due at once");
+        net.handle_timers(t1);
+        assert_eq!((net.tcp.len(), net.tcp_pending), (1, 1));
+    }
+
+    /// A flow that cannot emit because the queue towards the guest is full wants to be polled
+    /// "now" again and again: servicing its timers must still end (it used to spin forever
+    /// under a connect flood, with `starved` growing by the gigabyte).
+    #[test]
+    fn a_flow_that_cannot_emit_does_not_spin_the_timers() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let limits = Limits {
+            max_tx_frames: 1,
+            ..Limits::default()
+        };
+        let (_poll, mut net) = network(limits);
+        let t0 = Instant::now();
+        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        net.handle_frame(t0, &syn([10, 0, 2, 2], port));
+        let id = net.tcp_index.values().copied().next().unwrap();
+        let _accepted = listener.accept().unwrap();
+        // The connect is done; the ARP reply still fills the one-frame queue, so the SYN-ACK
+        // cannot go out.
+        net.tcp_ready(id, false, true);
+        assert!(net.tx.is_full());
+        net.service_dirty(t0);
+        net.handle_timers(t0);
+        assert!(
+            net.starved.len() <= 2,
+            "{} starved entries",
+            net.starved.len()
+        );
+        assert_eq!(net.tcp_pending, 0);
+    }
+
+    /// A host connect that fails as unreachable after a while answers the guest's SYN with ICMP
+    /// host unreachable quoting that SYN (so the guest's kernel matches it to its socket), and
+    /// the flow goes without a RST.
+    #[test]
+    fn a_host_connect_failing_unreachable_is_icmp_quoting_the_syn() {
+        let (_poll, mut net) = network(Limits::default());
+        let t0 = Instant::now();
+        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let _ = sent(&mut net);
+        let syn = syn([10, 0, 2, 2], 1);
+        net.handle_frame(t0, &syn);
+        let id = net.tcp_index.values().copied().next().unwrap();
+        net.connect_failed(id, io::Error::from_raw_os_error(libc::EHOSTUNREACH));
+        net.service_dirty(t0);
+        let out = sent(&mut net);
+        assert_eq!(out.len(), 1, "one ICMP error, no RST");
+        let ip = Ipv4Packet::new_checked(&out[0][14..]).unwrap();
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
+        assert_eq!(ip.src_addr(), Ipv4Addr::new(10, 0, 2, 2));
+        let icmp = ip.payload();
+        assert_eq!(&icmp[..2], &[3, 1], "host unreachable");
+        // The quote: the SYN's IP header and the first 8 bytes of its TCP header.
+        assert_eq!(&icmp[8..8 + 28], &syn[14..14 + 28]);
+        assert!(net.tcp.is_empty());
+        assert_eq!(net.tcp_pending, 0);
     }
 
     #[test]

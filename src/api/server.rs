@@ -125,6 +125,9 @@ pub struct ApiServer {
     dir: Option<std::os::fd::OwnedFd>,
     name: PathBuf,
     clients: Slab<Client>,
+    /// Every slot was taken the last time the listener was drained, so clients may wait in
+    /// its backlog; the listener is edge-triggered and will not say so again.
+    backlog: bool,
 }
 
 impl ApiServer {
@@ -156,6 +159,7 @@ impl ApiServer {
             dir,
             name: path.file_name().map(PathBuf::from).unwrap_or_default(),
             clients: Slab::new(),
+            backlog: false,
         })
     }
 
@@ -190,6 +194,19 @@ impl ApiServer {
             None => self.accept(registry, now, &client_token),
             Some(i) => self.read(registry, i, table),
         }
+        self.accept_backlog(registry, now, &client_token);
+    }
+
+    /// Takes clients from the backlog into slots that have come free.
+    fn accept_backlog(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        client_token: &impl Fn(usize) -> Token,
+    ) {
+        if self.backlog && self.clients.len() < MAX_CLIENTS {
+            self.accept(registry, now, client_token);
+        }
     }
 
     fn accept(
@@ -198,10 +215,17 @@ impl ApiServer {
         now: Instant,
         client_token: &impl Fn(usize) -> Token,
     ) {
-        while self.clients.len() < MAX_CLIENTS {
+        loop {
+            if self.clients.len() >= MAX_CLIENTS {
+                self.backlog = true;
+                return;
+            }
             let mut stream = match self.listener.accept() {
                 Ok((s, _)) => s,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.backlog = false;
+                    return;
+                }
                 Err(e) => {
                     log::warn!("api: accept: {e}");
                     return;
@@ -264,8 +288,13 @@ impl ApiServer {
         self.close(registry, i);
     }
 
-    /// Drops clients that took too long.
-    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+    /// Drops clients that took too long, and lets in those waiting for their slots.
+    pub fn expire(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        client_token: impl Fn(usize) -> Token,
+    ) {
         let late: Vec<usize> = self
             .clients
             .iter()
@@ -275,6 +304,7 @@ impl ApiServer {
         for i in late {
             self.close(registry, i);
         }
+        self.accept_backlog(registry, now, &client_token);
     }
 
     fn close(&mut self, registry: &Registry, i: usize) {
@@ -396,6 +426,35 @@ mod test {
             ask(&mut t, bad),
             r#"{"error":{"desc":"bad request: set_policy: deny !: bad"}}"#
         );
+    }
+
+    /// More clients than slots, none finishing its request: once the first ones are dropped
+    /// for taking too long, the one waiting in the backlog gets a slot, though the
+    /// edge-triggered listener never announces it again.
+    #[test]
+    fn a_client_waiting_for_a_slot_gets_one_when_slow_ones_are_dropped() {
+        let dir = std::env::temp_dir().join(format!("tapir-api-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let mut api = ApiServer::bind(&path).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let token = |i: usize| Token(100 + i);
+        api.register(poll.registry(), Token(1), token).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..=MAX_CLIENTS {
+            let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            c.write_all(br#"{"execute":"li"#).unwrap();
+            held.push(c);
+        }
+        let mut table = Table::default();
+        let t0 = Instant::now();
+        api.ready(poll.registry(), None, t0, &mut table, token);
+        assert_eq!(api.clients.len(), MAX_CLIENTS);
+        api.expire(poll.registry(), t0 + CLIENT_TIMEOUT, token);
+        assert_eq!(api.clients.len(), 1, "the client in the backlog was let in");
+        drop(api);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

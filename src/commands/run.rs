@@ -15,7 +15,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     }
     let plan = AddressPlan::from_cidr(&args.cidr, !args.disable_host_loopback)?;
     let mtu = check_mtu(args.mtu)?;
-    let limits = Limits::default().with_tcp_buffers(args.tcp_buffer, args.tcp_buffer_total)?;
+    let limits = Limits::from_specs(&args.limits)?;
     if args.command.is_empty() {
         return Err(ConfigError::NoCommand.into());
     }

@@ -122,6 +122,15 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
     let exit_fd = opts.exit_fd.map(crate::sys::inherited_fd);
 
     let tap = namespace::attach(&target, &tap_config, opts.configure).map_err(|e| e.to_string())?;
+    // The target process's exit ends the network: tapir's TAP fd keeps the namespace alive,
+    // so its end would never show on the TAP. (A target that cannot be watched, say one that
+    // already exited, leaves the exit fd and signals to end it, as in slirp4netns.)
+    let target_pidfd = match &target {
+        namespace::AttachTarget::Pid(pid) => crate::sys::pidfd_open(*pid)
+            .map_err(|e| log::warn!("cannot watch the target process {pid}: {e}"))
+            .ok(),
+        namespace::AttachTarget::Path { .. } => None,
+    };
     eprintln!("sent tapfd for {}", opts.tapname);
     print_banner(&opts, &plan);
 
@@ -153,8 +162,8 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
             eprintln!("exitfd event");
             return Ok(0);
         }
-        Some(Some(fd)) => Lifetime::ExitFd(Some(fd)),
-        None => Lifetime::ExitFd(None),
+        Some(Some(fd)) => Lifetime::ExitFd(Some(fd), target_pidfd),
+        None => Lifetime::ExitFd(None, target_pidfd),
     };
     let (sandbox, seccomp) = (opts.enable_sandbox, opts.enable_seccomp);
     let ready = || {

@@ -153,6 +153,45 @@ fn ring(len: usize) -> Vec<u8> {
     v
 }
 
+/// What the guest is told when tapir's host `connect()` fails, so that the guest's own
+/// `connect()` fails with the error the host saw: a refusal (or anything tapir cannot say
+/// better) is a RST, ECONNREFUSED in the guest; routing failures are ICMP destination
+/// unreachable, which a guest in SYN-SENT takes as fatal (Linux `tcp_v4_err`), so its connect
+/// fails with ENETUNREACH or EHOSTUNREACH as it would through a kernel router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Reset,
+    /// No route to the network (ICMP net unreachable, ICMPv6 no route).
+    NetUnreachable,
+    /// A route, but the host does not answer: neighbour resolution failed, or an
+    /// `unreachable` route (ICMP host unreachable, ICMPv6 address unreachable).
+    HostUnreachable,
+    /// A `prohibit` route or a firewall reject (ICMP communication administratively
+    /// prohibited, ICMPv6 administratively prohibited).
+    Prohibited,
+}
+
+impl ConnectFailure {
+    /// The answer for a host connect that failed with `errno` (`None`: no errno).
+    pub fn from_errno(errno: Option<i32>) -> ConnectFailure {
+        match errno {
+            Some(libc::ENETUNREACH | libc::ENETDOWN) => ConnectFailure::NetUnreachable,
+            Some(libc::EHOSTUNREACH | libc::EHOSTDOWN) => ConnectFailure::HostUnreachable,
+            Some(libc::EACCES | libc::EPERM) => ConnectFailure::Prohibited,
+            _ => ConnectFailure::Reset,
+        }
+    }
+}
+
+/// Whether `errno` says tapir itself ran out of something (descriptors, buffers, memory)
+/// rather than the host refusing: an operator-visible limit, not the guest's doing.
+pub fn is_resource_exhaustion(errno: Option<i32>) -> bool {
+    matches!(
+        errno,
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// A socket set holding just `socket`.
 pub fn single_set(socket: tcp::Socket<'static>) -> (SocketSet<'static>, SocketHandle) {
     let mut set = SocketSet::new(Vec::with_capacity(1));
@@ -239,6 +278,33 @@ mod test {
     //! hand-made guest segments.
     use super::*;
     use std::collections::VecDeque;
+
+    #[test]
+    fn host_connect_errors_map_to_what_a_kernel_would_answer() {
+        let cases = [
+            (libc::ECONNREFUSED, ConnectFailure::Reset),
+            (libc::ECONNRESET, ConnectFailure::Reset),
+            (libc::ETIMEDOUT, ConnectFailure::Reset),
+            (libc::EMFILE, ConnectFailure::Reset),
+            (libc::EINVAL, ConnectFailure::Reset),
+            (libc::ENETUNREACH, ConnectFailure::NetUnreachable),
+            (libc::EHOSTUNREACH, ConnectFailure::HostUnreachable),
+            (libc::EACCES, ConnectFailure::Prohibited),
+            (libc::EPERM, ConnectFailure::Prohibited),
+        ];
+        for (errno, answer) in cases {
+            assert_eq!(
+                ConnectFailure::from_errno(Some(errno)),
+                answer,
+                "errno {errno}"
+            );
+        }
+        assert_eq!(ConnectFailure::from_errno(None), ConnectFailure::Reset);
+        assert!(is_resource_exhaustion(Some(libc::EMFILE)));
+        assert!(is_resource_exhaustion(Some(libc::ENFILE)));
+        assert!(!is_resource_exhaustion(Some(libc::ECONNREFUSED)));
+        assert!(!is_resource_exhaustion(None));
+    }
 
     use smoltcp::iface::{Config, Interface};
     use smoltcp::phy::ChecksumCapabilities;

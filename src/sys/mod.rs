@@ -163,6 +163,19 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// A pidfd for process `pid`: it polls readable once the process has exited.
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; nothing is borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = std::os::fd::RawFd::try_from(fd).map_err(|_| std::io::Error::other("bad fd"))?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// Takes ownership of an fd number inherited from the parent process (slirp4netns's
 /// `--ready-fd`/`--exit-fd`). `None` when no such fd is open.
 pub fn inherited_fd(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
@@ -198,6 +211,22 @@ mod test {
         );
         let io = std::io::Error::from_raw_os_error(libc::EACCES);
         assert_eq!(OsError::from(io), OsError(Errno::EACCES));
+    }
+
+    #[test]
+    fn a_pidfd_polls_readable_when_its_process_exits() {
+        use std::os::fd::AsFd;
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let fd = pidfd_open(pid).unwrap();
+        child.wait().unwrap();
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap();
+        assert_eq!(n, 1);
+        assert!(pidfd_open(-5).is_err());
     }
 
     #[test]
