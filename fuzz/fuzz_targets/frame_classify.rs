@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tapir::config::AddressPlan;
+use tapir::config::{AddressPlan, Ipv6Plan};
 use tapir::stack::frame::{self, GuestFrame, Link};
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut out = Vec::new();
     match frame::classify(data, &plan).1 {
-        GuestFrame::EchoRequest { src, dst, ident, seq_no, data: payload } => {
+        GuestFrame::EchoRequest {
+            src,
+            dst,
+            ident,
+            seq_no,
+            data: payload,
+        } => {
             frame::echo_reply_v4(&mut out, link, dst, src, ident, seq_no, payload);
         }
         GuestFrame::Udp { .. } | GuestFrame::Tcp { .. } if data.len() > 14 => {
@@ -29,6 +35,9 @@ fuzz_target!(|data: &[u8]| {
         _ => {}
     }
     let _ = frame::parse_echo_reply(data);
+    // The same frame with IPv6 on: neighbour and router solicitations, ICMPv6, v6 flows.
+    let _ = frame::classify_with_ipv6(data, &plan, Some(&Ipv6Plan::default()));
+    let _ = frame::parse_echo_reply_v6(data);
 });
 
 fn smoltcp_mac(b: [u8; 6]) -> tapir::stack::frame::EthernetAddress {

@@ -200,7 +200,10 @@ impl DhcpServer {
         };
         self.hold(i, mac, now + LEASE_TIME);
         log::debug!("dhcp: leased {asked} to {}", mac_str(mac));
-        let to = if renewing {
+        // A client renewing listens at its address; one that names another address in ciaddr
+        // than the one it asks for is confused (RFC 2131 section 4.3.2 forbids both at once)
+        // and is answered by broadcast, not at an address it may not have.
+        let to = if renewing && req.client_ip == asked {
             req.client_ip
         } else {
             Ipv4Addr::BROADCAST
@@ -577,6 +580,20 @@ mod test {
         let req = request_again(MAC_B, [0; 4], Some([192, 168, 1, 7]));
         let nak = s.handle(now, MAC_B, &req).unwrap();
         assert_eq!(parse(&nak).message_type, DhcpMessageType::Nak);
+    }
+
+    /// Found by fuzz/fuzz_targets/dhcp.rs: a DHCPREQUEST with ciaddr 10.0.0.0 and requested
+    /// address 10.0.2.100 was acknowledged at 10.0.0.0, outside the network.
+    #[test]
+    fn request_naming_another_ciaddr_is_answered_by_broadcast() {
+        let mut s = server();
+        let now = Instant::now();
+        s.handle(now, MAC_A, &discover()).unwrap();
+        let req = request_again(MAC_A, [10, 0, 0, 0], Some([10, 0, 2, 100]));
+        let ack = s.handle(now, MAC_A, &req).unwrap();
+        assert_eq!(parse(&ack).message_type, DhcpMessageType::Ack);
+        assert_eq!(parse(&ack).your_ip, GUEST);
+        assert_eq!(ack.to, Ipv4Addr::BROADCAST);
     }
 
     #[test]

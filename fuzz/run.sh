@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs the fuzz targets: the short run in .ci/run, and long campaigns.
+#
+#   fuzz/run.sh [SECONDS_PER_TARGET [TARGET...] [-- LIBFUZZER_FLAGS...]]
+#
+# Builds every target (cargo-fuzz, AddressSanitizer with LeakSanitizer, debug assertions on,
+# so an arithmetic overflow is a crash too), then runs each for SECONDS_PER_TARGET (default 15)
+# from its committed seeds (fuzz/seeds/TARGET, read only) and its working corpus
+# (fuzz/corpus/TARGET, where new inputs go). A crash, a timeout (-timeout), a leak or memory
+# beyond -rss_limit_mb stops the script with libFuzzer's report and the input saved under
+# fuzz/artifacts/TARGET/.
+#
+# Hygiene: every target runs under `unshare --net`, in a network namespace of its own with only
+# a down `lo` (frame_ingest brings it up there): the host sockets the guest's flows open
+# reach nothing outside this process. That needs root, or run the whole script under
+# `unshare -r`.
+#
+# cargo-fuzz needs nightly-only compiler flags (-Zsanitizer); RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain accept them.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+secs=${1:-15}
+[ $# -gt 0 ] && shift
+targets=()
+while [ $# -gt 0 ] && [ "$1" != -- ]; do
+    targets+=("$1")
+    shift
+done
+[ "${1:-}" = -- ] && shift
+export RUSTC_BOOTSTRAP=1
+if [ ${#targets[@]} -eq 0 ]; then
+    mapfile -t targets < <(cargo fuzz list)
+fi
+
+cargo fuzz build --debug-assertions
+bin=target/x86_64-unknown-linux-gnu/release
+
+for t in "${targets[@]}"; do
+    mkdir -p "corpus/$t" "artifacts/$t" "seeds/$t"
+    log="artifacts/$t/run.log"
+    echo "== $t: ${secs}s (log: fuzz/$log)" >&2
+    rc=0
+    unshare --net -- "$bin/$t" "corpus/$t" "seeds/$t" \
+        -artifact_prefix="artifacts/$t/" -max_total_time="$secs" -timeout=10 \
+        -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 "$@" >"$log" 2>&1 || rc=$?
+    grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb|INFO: seed corpus)' "$log" >&2 || true
+    if [ "$rc" != 0 ]; then
+        tail -n 60 "$log" >&2
+        echo "fuzz/run.sh: $t failed (exit status $rc); the input is in fuzz/artifacts/$t/" >&2
+        exit 1
+    fi
+done
