@@ -38,7 +38,7 @@ call_cni() { out=$(cni "$@"; echo "rc=$rc"); rc=${out##*rc=}; out=${out%rc=*}; }
 # The parts of this namespace a plugin may change, to compare before and after.
 links() { ip -j link | jq -c '[.[].ifname] | sort'; }
 ruleset() { nft -j list ruleset | jq -c '[.nftables[] | select(has("metainfo") | not)]'; }
-leases() { grep -rls -e ctr "$STATE" 2>/dev/null | sort | tr '\n' ' '; }
+leases() { { grep -rls -e ctr "$STATE" 2>/dev/null || true; } | sort | tr '\n' ' '; }
 snapshot() { echo "links $(links); rules $(ruleset); forward $(sysctl -n net.ipv4.ip_forward); leases [$(leases)]"; }
 # `with_prev RESULT`: the network configuration with RESULT as prevResult (for CHECK, DEL).
 with_prev() { jq -c --slurpfile p "$1" '. + {prevResult: $p[0]}' "$W/net.json"; }
@@ -220,12 +220,12 @@ check_eq "DEL with the namespace gone" "$rc" 0
 check_eq "the host after DEL" "$(snapshot)" "$before"
 
 ip netns add ct2
-in_ct ct2 ip link add eth0 type dummy
+in_ct ct2 ip link add eth0 type veth peer name eth0peer
 call_cni ADD ctr2 /run/netns/ct2 <"$W/net.json"
 check_eq "ADD over an existing eth0" "$rc" 1
 check_match "ADD's error names eth0" "$(jq -r .msg <<<"$out")" 'eth0'
 check_eq "the host after a failed ADD" "$(snapshot)" "$before"
-check_eq "ct2 after a failed ADD" "$(in_ct ct2 ip -j link | jq -c '[.[].ifname] | sort')" '["eth0","lo"]'
+check_eq "ct2 after a failed ADD" "$(in_ct ct2 ip -j link | jq -c '[.[].ifname] | sort')" '["eth0","eth0peer","lo"]'
 "#,
     ));
 }

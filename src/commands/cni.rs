@@ -4,11 +4,19 @@
 //! bytes of stdin, runs the protocol with the kernel path as the backend, prints the reply on
 //! stdout and returns the exit status. Logs go to stderr, which runtimes keep; stdout carries
 //! nothing but the one JSON document.
+//!
+//! The backend is `crate::kernel`: a CNI attachment is a kernel-path attachment whose owner id
+//! is CNI_CONTAINERID, so the lease is keyed by (container id, interface) as CNI requires, and
+//! DEL finds everything by that key even when the namespace is gone. Leases live in
+//! `ipam.dataDir`, else the kernel path's default state directory for the namespace the
+//! plugin runs in (the runtime's, i.e. the host's).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use crate::cni::{self, Attached, Backend, CniError, ErrorCode, Invocation, NetConf};
+use crate::forward::spec::PortForward;
+use crate::kernel::{self, Attachment, BridgeConfig, Ipv4Subnet, KernelError};
 
 /// Runs one CNI operation; returns the process exit status.
 pub fn main() -> i32 {
@@ -37,22 +45,98 @@ pub fn main() -> i32 {
 pub struct KernelBackend;
 
 impl Backend for KernelBackend {
-    fn add(&mut self, _conf: &NetConf, _call: &Invocation) -> Result<Attached, CniError> {
-        Err(not_built())
+    fn add(&mut self, conf: &NetConf, call: &Invocation) -> Result<Attached, CniError> {
+        let cfg = bridge_config(conf)?;
+        let netns = call.netns.as_deref().ok_or_else(no_netns)?;
+        let publish: Vec<PortForward> = conf.port_mappings.iter().map(|m| m.to_forward()).collect();
+        kernel::attach(&cfg, netns, &call.ifname, &call.container_id, &publish)
+            .map(attached)
+            .map_err(|e| cni_error(&e))
     }
 
-    fn del(&mut self, _conf: &NetConf, _call: &Invocation) -> Result<(), CniError> {
-        Err(not_built())
+    fn del(&mut self, conf: &NetConf, call: &Invocation) -> Result<(), CniError> {
+        let cfg = bridge_config(conf)?;
+        kernel::detach(
+            &cfg,
+            call.netns.as_deref(),
+            &call.ifname,
+            &call.container_id,
+        )
+        .map_err(|e| cni_error(&e))
     }
 
-    fn check(&mut self, _conf: &NetConf, _call: &Invocation) -> Result<Attached, CniError> {
-        Err(not_built())
+    fn check(&mut self, conf: &NetConf, call: &Invocation) -> Result<Attached, CniError> {
+        let cfg = bridge_config(conf)?;
+        let netns = call.netns.as_deref().ok_or_else(no_netns)?;
+        kernel::check(&cfg, netns, &call.ifname, &call.container_id)
+            .map(attached)
+            .map_err(|e| cni_error(&e))
     }
 }
 
-fn not_built() -> CniError {
-    CniError::new(
-        ErrorCode::Tapir,
-        "this tapir was built without the kernel path, so it cannot attach containers",
-    )
+fn bridge_config(conf: &NetConf) -> Result<BridgeConfig, CniError> {
+    // NetConf has already refused a prefix or host bits the kernel path would refuse.
+    let subnet = Ipv4Subnet::new(conf.subnet, conf.prefix_len).ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "ipam subnet {}/{} is not usable",
+                conf.subnet, conf.prefix_len
+            ),
+        )
+    })?;
+    Ok(BridgeConfig {
+        bridge: conf.bridge.clone(),
+        subnet,
+        gateway: Some(conf.gateway),
+        ip_masq: conf.ip_masq,
+        mtu: conf.mtu,
+        state_dir: conf
+            .state_dir
+            .clone()
+            .unwrap_or_else(kernel::default_state_dir),
+    })
+}
+
+fn attached(a: Attachment) -> Attached {
+    Attached {
+        bridge: a.bridge,
+        bridge_mac: a.bridge_mac,
+        host_veth: a.host_veth,
+        host_veth_mac: None,
+        container_ifname: a.container_ifname,
+        container_mac: a.container_mac,
+        address: a.address,
+        prefix_len: a.prefix_len,
+        gateway: a.gateway,
+    }
+}
+
+fn no_netns() -> CniError {
+    CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is empty")
+}
+
+/// The kernel path's error as the runtime sees it: its sentence (with causes), and the code
+/// that tells the runtime what it can do about it.
+fn cni_error(e: &KernelError) -> CniError {
+    let code = match e {
+        KernelError::NotAttached { .. } => ErrorCode::UnknownContainer,
+        KernelError::Invalid { .. } | KernelError::Ipam(_) => ErrorCode::InvalidConfig,
+        _ => ErrorCode::Tapir,
+    };
+    CniError::new(code, sentence(e))
+}
+
+fn sentence(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
