@@ -28,9 +28,11 @@ cat >"$W/net.json" <<EOF
          "routes":[{"dst":"0.0.0.0/0"}]},
  "dns":{"nameservers":["172.18.0.1"]}}
 EOF
+# The plugin is $PLUGIN: the symlink, or `$TAPIR cni` when a scenario sets PLUGIN=("$TAPIR" cni).
+PLUGIN=("$W/bin/tapir-cni")
 cni() {
     env CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="${3-}" CNI_IFNAME="${4:-eth0}" \
-        CNI_PATH=/opt/cni/bin CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=web-0" "$W/bin/tapir-cni" \
+        CNI_PATH=/opt/cni/bin CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=web-0" "${PLUGIN[@]}" \
         && rc=0 || rc=$?
 }
 # `call_cni COMMAND ID NETNS [IFNAME] < CONFIG`: the same, with stdout in $out.
@@ -134,6 +136,8 @@ check_eq "bridge MAC" "$(ip -j link show cni-br0 | jq -r '.[0].address')" \
     "$(jq -r '.interfaces[0].mac' "$r")"
 veth=$(jq -r '.interfaces[1].name' "$r")
 check_eq "host veth's master" "$(ip -j link show "$veth" | jq -r '.[0].master')" cni-br0
+check_eq "host veth's MAC" "$(ip -j link show "$veth" | jq -r '.[0].address')" \
+    "$(jq -r '.interfaces[1].mac' "$r")"
 check_eq "default route in ct1" "$(in_ct ct1 ip -j route show default | jq -r '.[0].gateway')" 172.18.0.1
 
 # Connectivity: the gateway, the other container, a remote host (which sees the host's address).
@@ -205,11 +209,12 @@ check_eq "the host after DEL" "$(snapshot)" "$before"
 }
 
 /// DEL must succeed, and clean up, when the container's namespace is already gone; an ADD that
-/// fails (the interface exists in the container) leaves nothing behind.
+/// fails (the interface exists in the container) leaves nothing behind. Run as `tapir cni`.
 #[test]
 fn del_after_the_namespace_is_gone_and_a_failed_add() {
     world("cni_gone").run_ok(&scenario(
         r#"
+PLUGIN=("$TAPIR" cni)
 before=$(snapshot)
 ip netns add ct1
 cni ADD ctr1 /run/netns/ct1 <"$W/net.json" >"$W/add1.json"

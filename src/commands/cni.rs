@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use crate::cni::{self, Attached, Backend, CniError, ErrorCode, Invocation, NetConf};
 use crate::forward::spec::PortForward;
 use crate::kernel::{self, Attachment, BridgeConfig, Ipv4Subnet, KernelError};
+use crate::netlink::Netlink;
 
 /// Runs one CNI operation; returns the process exit status.
 pub fn main() -> i32 {
@@ -99,11 +100,17 @@ fn bridge_config(conf: &NetConf) -> Result<BridgeConfig, CniError> {
 }
 
 fn attached(a: Attachment) -> Attached {
+    // The host end lives in this (the runtime's) namespace; its MAC only completes the result,
+    // as the bridge plugin's has it, so a failed lookup leaves it out rather than failing ADD.
+    let host_veth_mac = Netlink::open()
+        .ok()
+        .and_then(|mut nl| nl.link_get(&a.host_veth).ok().flatten())
+        .map(|link| link.mac);
     Attached {
         bridge: a.bridge,
         bridge_mac: a.bridge_mac,
         host_veth: a.host_veth,
-        host_veth_mac: None,
+        host_veth_mac,
         container_ifname: a.container_ifname,
         container_mac: a.container_mac,
         address: a.address,
