@@ -12,6 +12,14 @@ pub enum Error {
     Namespace(#[from] NamespaceError),
     #[error(transparent)]
     Loop(#[from] LoopError),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+    /// A kernel-path command used without root: the whole sentence.
+    #[error("{0}")]
+    NeedsRoot(String),
+    /// An option that does not apply to the chosen --network mode.
+    #[error("{option} does not apply to --network {mode}")]
+    NotForMode { option: String, mode: &'static str },
     /// A bad egress rule or policy file (the sentence names the text).
     #[error("{0}")]
     Policy(String),

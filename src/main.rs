@@ -31,7 +31,8 @@ fn main() {
     let cli = Cli::parse_ordered();
     init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Run(args) => tapir::commands::run::run(args),
+        Command::Run(args) => tapir::commands::run::run(*args),
+        Command::Network(cmd) => tapir::commands::network::run(cmd),
         Command::Cni => Ok(tapir::commands::cni::main()),
     };
     match result {

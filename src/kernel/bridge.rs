@@ -203,7 +203,7 @@ pub(super) fn attach(
                 &mut nl,
                 &lock,
                 &mut state,
-                &[lease.bridge.clone()],
+                std::slice::from_ref(&lease.bridge),
                 &mut errors,
             );
             return Err(teardown::collapse(errors));
