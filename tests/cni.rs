@@ -234,3 +234,39 @@ check_eq "ct2 after a failed ADD" "$(in_ct ct2 ip -j link | jq -c '[.[].ifname] 
 "#,
     ));
 }
+
+/// The reference: Debian's `bridge` plugin (containernetworking-plugins), given the same
+/// configuration with its own bridge and subnet, prints a result with exactly the fields
+/// tapir's has (the same paths; values differ by name, address and MAC).
+#[test]
+fn result_has_the_reference_bridge_plugins_shape() {
+    let reference = std::path::Path::new("/usr/lib/cni/bridge");
+    if !reference.exists() {
+        assert!(
+            !matches!(std::env::var("CI").as_deref(), Ok("true" | "1")),
+            "/usr/lib/cni/bridge is missing, and .ci/run installs containernetworking-plugins"
+        );
+        eprintln!("SKIPPED cni_reference: /usr/lib/cni/bridge is not installed");
+        return;
+    }
+    world("cni_reference").run_ok(&scenario(
+        r#"
+ip netns add ref1
+ip netns add ct1
+# bridge 1.1.1 fails with both isDefaultGateway and an IPAM default route ("file exists"),
+# and would need iptables for ipMasq; neither changes the result's shape.
+jq -c --arg dir "$W/ref-ipam" '.type = "bridge" | .bridge = "ref-br0" | .ipMasq = false
+    | del(.ipam.routes) | .ipam.dataDir = $dir
+    | .ipam.ranges = [[{subnet: "172.19.0.0/24", gateway: "172.19.0.1"}]]' \
+    "$W/net.json" >"$W/ref.json"
+env CNI_COMMAND=ADD CNI_CONTAINERID=ref1 CNI_NETNS=/run/netns/ref1 CNI_IFNAME=eth0 \
+    CNI_PATH=/usr/lib/cni /usr/lib/cni/bridge <"$W/ref.json" >"$W/ref-add.json"
+cni ADD ctr1 /run/netns/ct1 <"$W/net.json" >"$W/add1.json"
+check_eq "ADD exit status" "$rc" 0
+shape() { jq -c '[paths(scalars) | map(tostring) | join(".")] | sort' "$1"; }
+check_eq "tapir's result fields" "$(shape "$W/add1.json")" "$(shape "$W/ref-add.json")"
+check_eq "tapir's routes" "$(jq -c .routes "$W/add1.json")" \
+    "$(jq -c '.routes | map(.gw = "172.18.0.1")' "$W/ref-add.json")"
+"#,
+    ));
+}
