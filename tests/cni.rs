@@ -109,10 +109,13 @@ fn add_check_del_like_a_runtime() {
 before=$(snapshot)
 ip netns add ct1
 ip netns add ct2
-cni ADD ctr1 /run/netns/ct1 <"$W/net.json" >"$W/add1.json"
-check_eq "ADD ctr1 exit status" "$rc" 0
-cni ADD ctr2 /run/netns/ct2 <"$W/net.json" >"$W/add2.json"
-check_eq "ADD ctr2 exit status" "$rc" 0
+# Two ADDs at once, as a runtime starting two pods does: they must not share an address.
+(cni ADD ctr1 /run/netns/ct1 <"$W/net.json" >"$W/add1.json"; exit "$rc") &
+add1=$!
+(cni ADD ctr2 /run/netns/ct2 <"$W/net.json" >"$W/add2.json"; exit "$rc") &
+add2=$!
+wait "$add1" || fail "ADD ctr1 failed: $(cat "$W/add1.json")"
+wait "$add2" || fail "ADD ctr2 failed: $(cat "$W/add2.json")"
 
 # The result has the bridge plugin's shape, and says what is really there.
 r=$W/add1.json
@@ -183,7 +186,8 @@ check_eq "the host after every DEL" "$(snapshot)" "$before"
 }
 
 /// Ports published through `runtimeConfig.portMappings`: reached from a remote host (which
-/// keeps its source address) and from the host itself; gone after DEL.
+/// keeps its source address), from the host itself (its own address and 127.0.0.1), from
+/// another container and from the container itself (hairpin); gone after DEL.
 #[test]
 fn port_mappings_are_published_and_removed() {
     world("cni_ports").with_remote().run_ok(&scenario(
@@ -198,6 +202,16 @@ start web in_ct ct1 actor tcp-whoami 0.0.0.0 80
 wait_until 10 "ct1 port 80 to listen" in_ct ct1 "$W/bin/listening" tcp 80
 check_eq "remote -> published port" "$(in_remote actor tcp-ask 198.51.100.1 8080)" "peer 198.51.100.10"
 check_match "host -> published port" "$(actor tcp-ask 198.51.100.1 8080)" '^peer '
+check_match "host 127.0.0.1 -> published port" "$(actor tcp-ask 127.0.0.1 8080)" '^peer '
+# Hairpin: another container, and the container itself, through the host's addresses.
+ip netns add ct2
+cni ADD ctr2 /run/netns/ct2 <"$W/net.json" >"$W/add2.json"
+check_eq "ADD ctr2 exit status" "$rc" 0
+check_match "ct2 -> published port" "$(in_ct ct2 actor tcp-ask 198.51.100.1 8080)" '^peer '
+check_match "ct1 -> its own published port" "$(in_ct ct1 actor tcp-ask 172.18.0.1 8080)" '^peer '
+with_prev "$W/add2.json" >"$W/del2.json"
+cni DEL ctr2 /run/netns/ct2 <"$W/del2.json"
+check_eq "DEL ctr2 exit status" "$rc" 0
 jq -c --slurpfile p "$W/add1.json" '. + {prevResult: $p[0]}' "$W/ports.json" >"$W/del1.json"
 cni DEL ctr1 /run/netns/ct1 <"$W/del1.json"
 check_eq "DEL exit status" "$rc" 0
