@@ -27,7 +27,9 @@
 //!
 //! Fields tapir knows nothing about are ignored, as the spec asks (runtimes add their own).
 //! `dns` is passed through to the result as given. `runtimeConfig.portMappings` (the
-//! `portMappings` capability) become published ports. prevResult is read for CHECK only.
+//! `portMappings` capability) become published ports; those on an IPv6 host address are
+//! skipped, as `portmap` skips a family the container has no address of. prevResult is read
+//! for CHECK only.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -480,7 +482,17 @@ fn port_mappings(root: &Map<String, Value>) -> Result<Vec<PortMapping>, CniError
             )));
         }
     };
-    list.iter().map(port_mapping).collect()
+    // An IPv6 host address cannot reach an IPv4-only container: skipped, as the portmap plugin
+    // skips mappings of a family the container has no address of (runtimes on dual-stack hosts
+    // send each port for `0.0.0.0` and `::`).
+    let mut mappings = Vec::new();
+    for entry in list {
+        let mapping = port_mapping(entry)?;
+        if !mapping.host_ip.is_some_and(|ip| ip.is_ipv6()) {
+            mappings.push(mapping);
+        }
+    }
+    Ok(mappings)
 }
 
 fn port_mapping(entry: &Value) -> Result<PortMapping, CniError> {
@@ -784,6 +796,26 @@ mod test {
                 25,
                 Ipv4Addr::new(192, 168, 7, 126)
             )
+        );
+    }
+
+    #[test]
+    fn ipv6_host_addresses_are_skipped_as_portmap_does() {
+        let conf = parse(&with(
+            "runtimeConfig",
+            serde_json::json!({"portMappings": [
+                {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "0.0.0.0"},
+                {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "::"}]}),
+        ))
+        .unwrap();
+        assert_eq!(
+            conf.port_mappings,
+            vec![PortMapping {
+                host_ip: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                host_port: 8080,
+                container_port: 80,
+                proto: Proto::Tcp
+            }]
         );
     }
 
