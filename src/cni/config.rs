@@ -40,6 +40,7 @@ use super::env::{Command, check_ifname};
 use super::result::PrevResult;
 use super::{CniError, ErrorCode, SUPPORTED_VERSIONS, version_tuple};
 use crate::forward::spec::{PortForward, Proto};
+use crate::kernel::Ipv4Subnet;
 
 /// The bridge tapir-cni attaches to when the configuration names none.
 pub const DEFAULT_BRIDGE: &str = "tapir0";
@@ -388,7 +389,8 @@ impl Ipam {
                 let gw: Ipv4Addr = gw
                     .parse()
                     .map_err(|_| invalid(format!("ipam gateway {gw:?} is not an IPv4 address")))?;
-                if !usable_host(subnet, prefix_len, gw) {
+                let is_host = Ipv4Subnet::new(subnet, prefix_len).is_some_and(|s| s.is_host(gw));
+                if !is_host {
                     return Err(invalid(format!(
                         "ipam gateway {gw} is not a host address of the subnet {text}"
                     )));
@@ -434,13 +436,6 @@ fn parse_subnet(text: &str) -> Result<(Ipv4Addr, u8), CniError> {
         )));
     }
     Ok((addr, len))
-}
-
-/// Inside the subnet, and neither its network nor its broadcast address.
-fn usable_host(subnet: Ipv4Addr, prefix_len: u8, ip: Ipv4Addr) -> bool {
-    let mask = u32::MAX << (32 - u32::from(prefix_len));
-    let ip = u32::from(ip);
-    ip & mask == u32::from(subnet) && ip != u32::from(subnet) && ip != u32::from(subnet) | !mask
 }
 
 /// `ipam.routes` may only name the default route tapir installs anyway.
@@ -681,7 +676,7 @@ mod test {
             with("mtu", serde_json::json!(40)),
             with("mtu", serde_json::json!(70000)),
             with("mtu", serde_json::json!("1500")),
-            with("dns", serde_json::json!(["1.1.1.1"])),
+            with("dns", serde_json::json!(["192.0.2.53"])),
             with("ipam", Value::Null),
             with_ipam(serde_json::json!({"subnet": "10.0.0.0/24"})),
             with_ipam(serde_json::json!({"type": "host-local"})),

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use crate::cni::{self, Attached, Backend, CniError, ErrorCode, Invocation, NetConf};
+use crate::error::Error;
 use crate::forward::spec::PortForward;
 use crate::kernel::{self, Attachment, BridgeConfig, Ipv4Subnet, KernelError};
 use crate::netlink::Netlink;
@@ -52,7 +53,7 @@ impl Backend for KernelBackend {
         let publish: Vec<PortForward> = conf.port_mappings.iter().map(|m| m.to_forward()).collect();
         kernel::attach(&cfg, netns, &call.ifname, &call.container_id, &publish)
             .map(attached)
-            .map_err(|e| cni_error(&e))
+            .map_err(cni_error)
     }
 
     fn del(&mut self, conf: &NetConf, call: &Invocation) -> Result<(), CniError> {
@@ -63,7 +64,7 @@ impl Backend for KernelBackend {
             &call.ifname,
             &call.container_id,
         )
-        .map_err(|e| cni_error(&e))
+        .map_err(cni_error)
     }
 
     fn check(&mut self, conf: &NetConf, call: &Invocation) -> Result<Attached, CniError> {
@@ -71,7 +72,7 @@ impl Backend for KernelBackend {
         let netns = call.netns.as_deref().ok_or_else(no_netns)?;
         kernel::check(&cfg, netns, &call.ifname, &call.container_id)
             .map(attached)
-            .map_err(|e| cni_error(&e))
+            .map_err(cni_error)
     }
 }
 
@@ -123,27 +124,13 @@ fn no_netns() -> CniError {
     CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is empty")
 }
 
-/// The kernel path's error as the runtime sees it: its sentence (with causes), and the code
-/// that tells the runtime what it can do about it.
-fn cni_error(e: &KernelError) -> CniError {
+/// The kernel path's error as the runtime sees it: its sentence (with causes, as `tapir`
+/// prints it), and the code that tells the runtime what it can do about it.
+fn cni_error(e: KernelError) -> CniError {
     let code = match e {
         KernelError::NotAttached { .. } => ErrorCode::UnknownContainer,
         KernelError::Invalid { .. } | KernelError::Ipam(_) => ErrorCode::InvalidConfig,
         _ => ErrorCode::Tapir,
     };
-    CniError::new(code, sentence(e))
-}
-
-fn sentence(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    CniError::new(code, Error::from(e).sentence())
 }
