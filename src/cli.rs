@@ -13,7 +13,8 @@ use crate::forward::spec::PortForward;
     version,
     about = "Networking for rootless containers, through a userspace TCP/IP stack",
     after_help = "Installed or symlinked as `slirp4netns`, or run as `tapir slirp4netns ARGS`, \
-                  tapir takes slirp4netns 1.2's command line instead (`tapir slirp4netns --help`)."
+                  tapir takes slirp4netns 1.2's command line instead (`tapir slirp4netns --help`). \
+                  Installed or symlinked as `tapir-cni`, it is a CNI plugin (`tapir cni`)."
 )]
 pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -32,6 +33,9 @@ pub enum Command {
     /// Manage the privileged bridge networks.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Act as a CNI 1.0 plugin (ADD, DEL, CHECK, VERSION from CNI_COMMAND, the network
+    /// configuration on stdin, the result on stdout); also when installed as `tapir-cni`.
+    Cni,
 }
 
 #[derive(Debug, Subcommand)]

@@ -25,11 +25,19 @@ fn main() {
         std::process::exit(tapir::commands::slirp4netns::main(&args[2..]));
     }
 
+    // Installed (or symlinked) as `tapir-cni` in a runtime's CNI bin directory: a CNI plugin,
+    // driven by CNI_* variables and stdin, with no arguments of its own.
+    if invoked_as == "tapir-cni" {
+        init_logging(0);
+        std::process::exit(tapir::commands::cni::main());
+    }
+
     let cli = Cli::parse_ordered();
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => tapir::commands::run::run(*args),
         Command::Network(cmd) => tapir::commands::network::run(cmd),
+        Command::Cni => Ok(tapir::commands::cni::main()),
     };
     match result {
         Ok(code) => std::process::exit(code),
