@@ -25,6 +25,8 @@ fn main() {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => tapir::commands::run::run(args),
+        Command::Bench(args) => tapir::commands::bench::bench(args),
+        Command::BenchClient(args) => tapir::commands::bench::client(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

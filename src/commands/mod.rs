@@ -1,4 +1,5 @@
 //! The subcommands, each a thin shell over the library.
+pub mod bench;
 pub mod run;
 pub mod slirp4netns;
 pub mod slirp4netns_args;
