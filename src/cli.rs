@@ -25,8 +25,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a command, unprivileged, in new user+network namespaces with a working network.
-    Run(RunArgs),
+    /// Run a command, unprivileged, in new user+network namespaces with a working network
+    /// (or, as root, with --network bridge|host|none, on the kernel's own stack).
+    // Boxed: RunArgs is large, and clippy::large_enum_variant asks for it.
+    Run(Box<RunArgs>),
+    /// Manage the privileged bridge networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Measure tapir against the kernel path, slirp4netns and pasta, side by side (root; all
     /// traffic stays in a private network namespace; rootless paths run as uid 65534).
     Bench(BenchArgs),
@@ -77,8 +82,48 @@ pub struct BenchClientArgs {
     pub count: u64,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Remove what killed `tapir run --network bridge` runs left behind: stale leases, their
+    /// veths, unused bridges, and their nftables rules.
+    Prune {
+        /// The state directory (default: $TAPIR_STATE_DIR, else /run/tapir/netns-INODE of the
+        /// current network namespace).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+/// Which network `tapir run` gives the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NetworkMode {
+    /// Rootless: a userspace TCP/IP stack (smoltcp) behind a TAP (the default).
+    #[default]
+    Userspace,
+    /// Root: a veth on a Linux bridge, NAT and published ports through nftables.
+    Bridge,
+    /// Root: the host's own network stack, as `docker run --network host`.
+    Host,
+    /// Root: a network namespace with only loopback.
+    None,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The command's network: userspace (rootless, the default), or, as root, bridge, host or
+    /// none.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Userspace, value_name = "MODE")]
+    pub network: NetworkMode,
+    /// --network bridge: the Linux bridge to attach to (created if missing).
+    #[arg(long, default_value = crate::kernel::DEFAULT_BRIDGE, value_name = "NAME")]
+    pub bridge: String,
+    /// --network bridge: the bridge's subnet; the bridge takes its first address.
+    #[arg(long, default_value = crate::kernel::DEFAULT_SUBNET, value_name = "CIDR")]
+    pub subnet: String,
+    /// --network bridge: where leases are kept (default: $TAPIR_STATE_DIR, else
+    /// /run/tapir/netns-INODE of the current network namespace).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Forward a host port into the guest: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]
     /// (HOST_IP defaults to 0.0.0.0). Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]

@@ -15,6 +15,14 @@ pub enum Error {
     Loop(#[from] LoopError),
     #[error(transparent)]
     Bench(#[from] BenchError),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+    /// A kernel-path command used without root: the whole sentence.
+    #[error("{0}")]
+    NeedsRoot(String),
+    /// An option that does not apply to the chosen --network mode.
+    #[error("{option} does not apply to --network {mode}")]
+    NotForMode { option: String, mode: &'static str },
     /// A bad egress rule or policy file (the sentence names the text).
     #[error("{0}")]
     Policy(String),

@@ -13,6 +13,7 @@ pub mod error;
 pub mod event_loop;
 pub mod flow;
 pub mod forward;
+pub mod kernel;
 pub mod namespace;
 pub mod netlink;
 pub mod service;

@@ -24,7 +24,8 @@ fn main() {
     let cli = Cli::parse_ordered();
     init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Run(args) => tapir::commands::run::run(args),
+        Command::Run(args) => tapir::commands::run::run(*args),
+        Command::Network(cmd) => tapir::commands::network::run(cmd),
         Command::Bench(args) => tapir::commands::bench::bench(args),
         Command::BenchClient(args) => tapir::commands::bench::client(args),
     };

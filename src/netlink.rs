@@ -10,14 +10,18 @@
 //! bytes we send are unit-tested against the layout iproute2 uses. This module never shells
 //! out to `ip`, never retries, and does not listen to multicast groups.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
@@ -50,6 +54,17 @@ fn hint(cause: &OsError) -> &'static str {
         Errno::ENETUNREACH => " (the gateway is not inside a subnet of an interface that is up)",
         _ => "",
     }
+}
+
+/// What tapir needs to know about an existing interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// The index of the bridge (or other master) it is enslaved to.
+    pub master: Option<u32>,
+    pub up: bool,
 }
 
 /// A NETLINK_ROUTE socket bound to the current network namespace.
@@ -99,6 +114,102 @@ impl Netlink {
         self.names.retain(|(i, _)| *i != index);
         self.names.push((index, name.to_string()));
         Ok(index)
+    }
+
+    /// The interface called `name`, or `None` if there is none.
+    pub fn link_get(&mut self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+        let verb = format!("look up the network interface {name:?}");
+        let reply = match self.request(&verb, get_link_message(name), 0) {
+            Err(NetlinkError::Request {
+                cause: OsError(Errno::ENODEV),
+                ..
+            }) => return Ok(None),
+            other => other?,
+        };
+        let Some(RouteNetlinkMessage::NewLink(link)) = reply else {
+            return Err(NetlinkError::Reply {
+                verb,
+                detail: "no link message before the ACK".into(),
+            });
+        };
+        let index = link.header.index;
+        self.names.retain(|(i, _)| *i != index);
+        self.names.push((index, name.to_string()));
+        Ok(Some(link_state(&link)))
+    }
+
+    /// Creates a bridge (`ip link add NAME type bridge`), down.
+    pub fn bridge_add(&mut self, name: &str) -> Result<(), NetlinkError> {
+        let verb = format!("create the bridge {name:?}");
+        let flags = NLM_F_CREATE | NLM_F_EXCL;
+        self.request(&verb, new_bridge_message(name), flags)
+            .map(drop)
+    }
+
+    /// Creates a veth pair in one message: `host` here, `peer` directly inside the network
+    /// namespace `peer_netns` (so its name is checked there, never clashing with ours).
+    pub fn veth_add(
+        &mut self,
+        host: &str,
+        peer: &str,
+        peer_netns: BorrowedFd<'_>,
+        mtu: Option<u32>,
+    ) -> Result<(), NetlinkError> {
+        let verb = format!("create the veth pair {host:?} / {peer:?}");
+        let flags = NLM_F_CREATE | NLM_F_EXCL;
+        let msg = new_veth_message(host, peer, peer_netns.as_raw_fd(), mtu);
+        self.request(&verb, msg, flags).map(drop)
+    }
+
+    /// Enslaves the interface to the bridge `master`.
+    pub fn link_set_master(&mut self, index: u32, master: u32) -> Result<(), NetlinkError> {
+        let verb = format!(
+            "attach {} to the bridge {}",
+            self.label(index),
+            self.label(master)
+        );
+        self.request(
+            &verb,
+            set_link_attr_message(index, LinkAttribute::Controller(master)),
+            0,
+        )
+        .map(drop)
+    }
+
+    /// Turns the bridge port's hairpin mode on or off (`bridge link set dev IF hairpin on`).
+    pub fn link_set_hairpin(&mut self, index: u32, on: bool) -> Result<(), NetlinkError> {
+        let verb = format!("set hairpin mode on the bridge port {}", self.label(index));
+        self.request(&verb, set_hairpin_message(index, on), 0)
+            .map(drop)
+    }
+
+    /// Deletes the interface (`ip link del`); a veth takes its peer with it.
+    pub fn link_delete(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let verb = format!("delete {}", self.label(index));
+        self.request(&verb, del_link_message(index), 0).map(drop)
+    }
+
+    /// The IPv4 addresses (with prefix lengths) on interface `index`.
+    pub fn addrs_v4(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        let verb = format!("list the addresses of {}", self.label(index));
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let replies = self.dump(&verb, RouteNetlinkMessage::GetAddress(msg))?;
+        let mut found = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewAddress(a) = reply else {
+                continue;
+            };
+            if a.header.index != index {
+                continue;
+            }
+            for attr in &a.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                    found.push((*ip, a.header.prefix_len));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Brings the interface up (`ip link set IF up`).
@@ -180,6 +291,74 @@ impl Netlink {
         let flags = NLM_F_CREATE | NLM_F_EXCL;
         self.request(&verb, add_default_route_v4_message(gateway), flags)
             .map(drop)
+    }
+
+    /// Sends one dump request and collects every reply until NLMSG_DONE.
+    fn dump(
+        &mut self,
+        verb: &str,
+        message: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        msg.finalize();
+        let mut bytes = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut bytes);
+        let io_error = |e: std::io::Error| NetlinkError::Request {
+            verb: verb.to_string(),
+            cause: e.into(),
+        };
+        self.socket.send(&bytes, 0).map_err(io_error)?;
+        let malformed = |detail: String| NetlinkError::Reply {
+            verb: verb.to_string(),
+            detail,
+        };
+        let mut replies = Vec::new();
+        let mut buf = vec![0u8; RECV_BUFFER];
+        loop {
+            let len = loop {
+                match self.socket.recv(&mut &mut buf[..], 0) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other.map_err(io_error)?,
+                }
+            };
+            if len > buf.len() {
+                return Err(malformed(format!(
+                    "a {len}-byte reply does not fit the buffer"
+                )));
+            }
+            let mut offset = 0;
+            while offset < len {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..len])
+                    .map_err(|e| malformed(e.to_string()))?;
+                let msg_len = usize::try_from(msg.header.length).unwrap_or(usize::MAX);
+                if msg_len == 0 {
+                    return Err(malformed("a zero-length message".into()));
+                }
+                offset = offset.saturating_add(msg_len.next_multiple_of(4));
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::Error(e) => {
+                        if let Some(code) = e.code {
+                            return Err(NetlinkError::Request {
+                                verb: verb.to_string(),
+                                cause: OsError(Errno::from_raw(-code.get())),
+                            });
+                        }
+                        return Ok(replies);
+                    }
+                    NetlinkPayload::InnerMessage(m) => replies.push(m),
+                    _ => {}
+                }
+            }
+        }
     }
 
     fn label(&self, index: u32) -> String {
@@ -271,6 +450,81 @@ fn get_link_message(name: &str) -> RouteNetlinkMessage {
     link.attributes
         .push(LinkAttribute::IfName(name.to_string()));
     RouteNetlinkMessage::GetLink(link)
+}
+
+fn link_state(link: &LinkMessage) -> LinkState {
+    let mut state = LinkState {
+        index: link.header.index,
+        mac: [0; 6],
+        mtu: 0,
+        master: None,
+        up: link.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in &link.attributes {
+        match attr {
+            LinkAttribute::Address(a) if a.len() == 6 => state.mac.copy_from_slice(a),
+            LinkAttribute::Mtu(m) => state.mtu = *m,
+            LinkAttribute::Controller(m) => state.master = Some(*m),
+            _ => {}
+        }
+    }
+    state
+}
+
+fn new_bridge_message(name: &str) -> RouteNetlinkMessage {
+    let mut link = LinkMessage::default();
+    link.attributes
+        .push(LinkAttribute::IfName(name.to_string()));
+    link.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Bridge,
+        )]));
+    RouteNetlinkMessage::NewLink(link)
+}
+
+fn new_veth_message(
+    host: &str,
+    peer: &str,
+    peer_netns: i32,
+    mtu: Option<u32>,
+) -> RouteNetlinkMessage {
+    let mut peer_msg = LinkMessage::default();
+    peer_msg
+        .attributes
+        .push(LinkAttribute::IfName(peer.to_string()));
+    peer_msg.attributes.push(LinkAttribute::NetNsFd(peer_netns));
+    let mut link = LinkMessage::default();
+    link.attributes
+        .push(LinkAttribute::IfName(host.to_string()));
+    if let Some(mtu) = mtu {
+        link.attributes.push(LinkAttribute::Mtu(mtu));
+        peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    link.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+    ]));
+    RouteNetlinkMessage::NewLink(link)
+}
+
+fn set_hairpin_message(index: u32, on: bool) -> RouteNetlinkMessage {
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+            on,
+        )])),
+    ]));
+    // RTM_NEWLINK on an existing link, as `ip link set IF type bridge_slave hairpin on` does:
+    // the kernel applies port (slave) data only there, not in RTM_SETLINK.
+    RouteNetlinkMessage::NewLink(link)
+}
+
+fn del_link_message(index: u32) -> RouteNetlinkMessage {
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    RouteNetlinkMessage::DelLink(link)
 }
 
 fn set_link_up_message(index: u32) -> RouteNetlinkMessage {

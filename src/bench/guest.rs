@@ -123,6 +123,12 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
+        // The sleeper first: a helper's guest can outlive it, holding the helper's listening
+        // sockets (pasta's published port) and the guest's namespaces.
+        if self.ns_pid != 0 {
+            let pid = nix::unistd::Pid::from_raw(self.ns_pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
         for child in self
             .background
             .iter_mut()

@@ -164,7 +164,7 @@ pub fn run_client(
         ClientTask::TcpRr => tcp_rr(server, duration),
         ClientTask::UdpRr => udp_rr(server, duration),
         ClientTask::ConnectRate => connect_rate(server, duration),
-        ClientTask::Hold => hold(server, count),
+        ClientTask::Hold => hold(server, count, duration),
     }
 }
 
@@ -264,14 +264,24 @@ fn connect_rate(server: SocketAddr, duration: Duration) -> serde_json::Value {
     })
 }
 
-fn hold(server: SocketAddr, count: u64) -> serde_json::Value {
+/// Opens up to `count` connections within `budget`, reports, and holds them until stdin closes.
+fn hold(server: SocketAddr, count: u64, budget: Duration) -> serde_json::Value {
     let mut held = Vec::new();
     let mut failures = 0u64;
+    let mut in_a_row = 0;
     let start = Instant::now();
-    while (held.len() as u64) < count && failures < 100 {
-        match TcpStream::connect_timeout(&server, Duration::from_secs(5)) {
-            Ok(s) => held.push(s),
-            Err(_) => failures += 1,
+    // A path that cannot hold more (slirp4netns runs out of descriptors) stops the attempt
+    // after a few failures in a row rather than after minutes of timeouts.
+    while (held.len() as u64) < count && in_a_row < 5 && start.elapsed() < budget {
+        match TcpStream::connect_timeout(&server, Duration::from_secs(1)) {
+            Ok(s) => {
+                held.push(s);
+                in_a_row = 0;
+            }
+            Err(_) => {
+                failures += 1;
+                in_a_row += 1;
+            }
         }
     }
     let line = json!({

@@ -104,6 +104,19 @@ fn figure(v: f64) -> String {
     }
 }
 
+/// The runs by MTU, then path, in the order the options gave them.
+fn in_order(results: &Results) -> Vec<(PathKind, u32, &PathRun)> {
+    let mut runs = Vec::new();
+    for &mtu in &results.options.mtus {
+        for &path in &results.options.paths {
+            if let Some(run) = results.runs.get(&(path, mtu)) {
+                runs.push((path, mtu, run));
+            }
+        }
+    }
+    runs
+}
+
 /// The human-readable table: one block per metric, one line per MTU and path.
 pub fn table(results: &Results) -> String {
     let mut out = String::new();
@@ -141,7 +154,7 @@ pub fn table(results: &Results) -> String {
             "  {:>6}  {:<12} {:>10}  {:>14}  {:>9}",
             "MTU", "path", "value", "vs slirp4netns", "vs kernel"
         );
-        for (&(path, mtu), run) in &results.runs {
+        for (path, mtu, run) in in_order(results) {
             let Some(value) = run.metrics.get(metric.key) else {
                 continue;
             };

@@ -1,6 +1,8 @@
 //! The subcommands, each a thin shell over the library.
 pub mod bench;
+pub mod network;
 pub mod run;
+pub mod run_kernel;
 pub mod slirp4netns;
 pub mod slirp4netns_args;
 

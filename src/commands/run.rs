@@ -10,6 +10,9 @@ use crate::namespace::{self, GuestCommand, TapConfig};
 use crate::service::dns::parse_resolv_conf;
 
 pub fn run(args: RunArgs) -> Result<i32, Error> {
+    if args.network != crate::cli::NetworkMode::Userspace {
+        return super::run_kernel::run(args);
+    }
     let plan = AddressPlan::from_cidr(&args.cidr, !args.disable_host_loopback)?;
     let mtu = check_mtu(args.mtu)?;
     if args.command.is_empty() {
