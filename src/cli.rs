@@ -42,8 +42,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Paths to measure, comma-separated: tapir, kernel, slirp4netns, pasta (default: all; one
-    /// whose tool is not installed is skipped with a reason).
+    /// Paths to measure, comma-separated: tapir, kernel (tapir run --network bridge), veth,
+    /// slirp4netns, pasta (default: all; one whose tool is not installed is skipped).
     #[arg(long, value_delimiter = ',', value_name = "PATH,...")]
     pub paths: Vec<String>,
     /// Scenarios, comma-separated: tcp_stream, tcp_rr, udp_rr, connect_rate, hold (default: all).

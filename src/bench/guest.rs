@@ -4,13 +4,14 @@
 //! network namespace whose only way out is the path under test, and a *helper* process (tapir,
 //! slirp4netns or pasta) whose CPU time and memory the bench reads from /proc. Clients run
 //! inside the guest with `nsenter`, as uid 65534: for the rootless paths by joining the user
-//! namespace that uid 65534 owns, for the kernel path (a root-made netns behind a veth) by
-//! dropping to 65534 with `setpriv` after joining. A guest lives for all the scenarios of one
+//! namespace that uid 65534 owns, for the kernel and veth paths (root-made netns) by dropping
+//! to 65534 with `setpriv` after joining. A guest lives for all the scenarios of one
 //! path at one MTU, so the helper's peak RSS covers them all; dropping it kills what it started.
 //!
 //! Addresses: the guest dials [`Guest::server`] for the host's servers (10.0.2.2, mapped to
 //! 127.0.0.1 by tapir and slirp4netns; the pasta uplink's gateway, mapped to the host by pasta;
-//! the veth's own address on the kernel path, which has no NAT), and the host dials
+//! the bridge's address on the kernel path; the veth's own address on the veth path, which has
+//! no NAT), and the host dials
 //! [`Guest::published`] to reach the guest's port [`GUEST_PORT`].
 
 use std::io::{Read, Write};
@@ -34,6 +35,8 @@ pub const PUBLISHED_PORT: u16 = 15202;
 pub const UPLINK_ADDR: &str = "192.0.2.2/24";
 pub const UPLINK_GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// The bridge's address in `tapir run --network bridge`'s default subnet (172.30.0.0/16).
+const BRIDGE_GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 
 pub struct Guest {
@@ -59,7 +62,8 @@ impl Guest {
     pub fn start(kind: PathKind, mtu: u32, dir: &Path) -> Result<Guest, String> {
         match kind {
             PathKind::Tapir => start_tapir(mtu, dir),
-            PathKind::Kernel => start_kernel(mtu),
+            PathKind::Kernel => start_bridge(mtu, dir),
+            PathKind::Veth => start_veth(mtu),
             PathKind::Slirp4netns => start_slirp4netns(mtu, dir),
             PathKind::Pasta => start_pasta(mtu, dir),
         }
@@ -129,6 +133,14 @@ impl Drop for Guest {
             let pid = nix::unistd::Pid::from_raw(self.ns_pid as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
+        // tapir (either mode) ends when its command does, tearing down what it made (the
+        // bridge path's veth, lease and rules); give it the chance before killing it.
+        let _ = wait_until(Duration::from_secs(5), || {
+            self.helper
+                .iter_mut()
+                .chain(self.sleeper.iter_mut())
+                .all(|c| matches!(c.try_wait(), Ok(Some(_))))
+        });
         for child in self
             .background
             .iter_mut()
@@ -171,15 +183,15 @@ fn start_tapir(mtu: u32, dir: &Path) -> Result<Guest, String> {
     Ok(guest)
 }
 
-fn start_kernel(mtu: u32) -> Result<Guest, String> {
+fn start_veth(mtu: u32) -> Result<Guest, String> {
     let sleeper = Command::new("unshare")
         .args(["--net", "sleep", "infinity"])
         .stdin(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start the kernel path's guest: {e}"))?;
+        .map_err(|e| format!("cannot start the veth path's guest: {e}"))?;
     let pid = sleeper.id();
     let guest = Guest {
-        kind: PathKind::Kernel,
+        kind: PathKind::Veth,
         mtu,
         ns_pid: pid,
         join_user: false,
@@ -220,6 +232,83 @@ fn start_kernel(mtu: u32) -> Result<Guest, String> {
         run_quiet(Command::new("nsenter").args(inside).args(args))?;
     }
     Ok(guest)
+}
+
+/// `tapir run --network bridge`: root makes the netns, veth, bridge and nftables rules; tapir
+/// itself then only waits for the command, so it is not the measured helper (the kernel does
+/// the work, in softirq time no process is charged with).
+fn start_bridge(mtu: u32, dir: &Path) -> Result<Guest, String> {
+    let log_name = format!("kernel-{mtu}.log");
+    let publish = format!("127.0.0.1:{PUBLISHED_PORT}:{GUEST_PORT}/tcp");
+    let state = dir.join("run/kernel-state");
+    let owner = Command::new(dir.join("bin/tapir"))
+        .args([
+            "run",
+            "--network",
+            "bridge",
+            "--mtu",
+            &mtu.to_string(),
+            "-p",
+            &publish,
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--", "sleep", "infinity"])
+        .stdin(Stdio::null())
+        .stdout(log_file(dir, &log_name)?)
+        .stderr(log_file(dir, &log_name)?)
+        .spawn()
+        .map_err(|e| format!("cannot start tapir run --network bridge: {e}"))?;
+    let owner_pid = owner.id();
+    let mut guest = Guest {
+        kind: PathKind::Kernel,
+        mtu,
+        ns_pid: 0,
+        join_user: false,
+        helper: None,
+        sleeper: Some(owner),
+        server: BRIDGE_GATEWAY.into(),
+        published: SocketAddr::from(([127, 0, 0, 1], PUBLISHED_PORT)),
+        background: Vec::new(),
+    };
+    guest.ns_pid = wait_for_sleeper(owner_pid, dir, &log_name)?;
+    wait_for_default_route(guest.ns_pid)?;
+    set_bridge_mtu(guest.ns_pid, mtu)?;
+    Ok(guest)
+}
+
+/// `tapir run --network bridge` has no --mtu (it takes the kernel's default, 1500): set the
+/// bench's MTU on the bridge's ports, the bridge, and the guest's eth0, all in namespaces the
+/// bench made.
+fn set_bridge_mtu(ns_pid: u32, mtu: u32) -> Result<(), String> {
+    let m = mtu.to_string();
+    let bridge = crate::kernel::DEFAULT_BRIDGE;
+    let ports = run_bounded(
+        Command::new("ip").args(["-o", "link", "show", "master", bridge]),
+        Duration::from_secs(10),
+    )?;
+    for line in ports.lines() {
+        let Some(name) = line
+            .split(':')
+            .nth(1)
+            .map(|n| n.trim().split('@').next().unwrap_or(""))
+        else {
+            continue;
+        };
+        ip(&["link", "set", "dev", name, "mtu", &m])?;
+    }
+    ip(&["link", "set", "dev", bridge, "mtu", &m])?;
+    run_quiet(Command::new("nsenter").args([
+        "-t",
+        &ns_pid.to_string(),
+        "-n",
+        "ip",
+        "link",
+        "set",
+        "eth0",
+        "mtu",
+        &m,
+    ]))
 }
 
 fn start_slirp4netns(mtu: u32, dir: &Path) -> Result<Guest, String> {

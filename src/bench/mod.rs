@@ -40,9 +40,11 @@ use load::{HostServers, PORTS};
 pub enum PathKind {
     /// `tapir run --mtu M -p …`: tapir's userspace path, as uid 65534.
     Tapir,
-    /// The kernel's own path: the guest's netns behind a veth, no NAT (the baseline until
-    /// `tapir run --network bridge` lands).
+    /// The kernel path: `tapir run --network bridge -p …` (veth, bridge, nftables NAT and
+    /// DNAT), as root, with clients dropped to uid 65534.
     Kernel,
+    /// The kernel at its plainest: the guest's netns behind one veth, no bridge, no NAT.
+    Veth,
     /// `slirp4netns --configure --mtu=M`, as uid 65534.
     Slirp4netns,
     /// `pasta --config-net -m M`, as uid 65534.
@@ -50,9 +52,10 @@ pub enum PathKind {
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 4] = [
+    pub const ALL: [PathKind; 5] = [
         PathKind::Tapir,
         PathKind::Kernel,
+        PathKind::Veth,
         PathKind::Slirp4netns,
         PathKind::Pasta,
     ];
@@ -61,6 +64,7 @@ impl PathKind {
         match self {
             PathKind::Tapir => "tapir",
             PathKind::Kernel => "kernel",
+            PathKind::Veth => "veth",
             PathKind::Slirp4netns => "slirp4netns",
             PathKind::Pasta => "pasta",
         }
@@ -70,9 +74,8 @@ impl PathKind {
     pub fn description(self) -> &'static str {
         match self {
             PathKind::Tapir => "tapir run (userspace, smoltcp), uid 65534",
-            PathKind::Kernel => {
-                "kernel: veth into the bench's netns, no NAT (not yet tapir run --network bridge)"
-            }
+            PathKind::Kernel => "tapir run --network bridge (veth, bridge, nftables NAT), root",
+            PathKind::Veth => "one veth into the bench's netns, no bridge, no NAT",
             PathKind::Slirp4netns => "slirp4netns --configure, uid 65534",
             PathKind::Pasta => "pasta --config-net, uid 65534",
         }
@@ -86,7 +89,8 @@ impl PathKind {
     fn tool(self) -> Option<&'static str> {
         match self {
             PathKind::Tapir => None,
-            PathKind::Kernel => Some("ip"),
+            PathKind::Kernel => Some("nft"),
+            PathKind::Veth => Some("ip"),
             PathKind::Slirp4netns => Some("slirp4netns"),
             PathKind::Pasta => Some("pasta"),
         }
@@ -589,7 +593,7 @@ pub enum BenchError {
         "tapir bench must run as root (it builds its own network namespaces; the rootless paths still run as uid 65534)"
     )]
     NotRoot,
-    #[error("unknown path {0:?}: expected tapir, kernel, slirp4netns or pasta")]
+    #[error("unknown path {0:?}: expected tapir, kernel, veth, slirp4netns or pasta")]
     UnknownPath(String),
     #[error("unknown scenario {0:?}: expected tcp_stream, tcp_rr, udp_rr, connect_rate or hold")]
     UnknownScenario(String),

@@ -237,7 +237,7 @@ fn run_json(results: &Results, path: PathKind, mtu: u32, run: &PathRun) -> serde
     })
 }
 
-const COLORS: [&str; 4] = ["#1b9e77", "#7570b3", "#d95f02", "#e7298a"];
+const COLORS: [&str; 5] = ["#1b9e77", "#7570b3", "#66a61e", "#d95f02", "#e7298a"];
 
 fn color(path: PathKind) -> &'static str {
     COLORS[PathKind::ALL.iter().position(|p| *p == path).unwrap_or(0)]
