@@ -207,7 +207,7 @@ pub fn run(options: Options) -> Result<Results, String> {
             };
             match Guest::start(path, mtu, &options.dir) {
                 Ok(mut guest) => {
-                    measure(&mut guest, &options, &servers, &mut run);
+                    measure(&mut guest, &options, &mut run);
                     if let Some(pid) = guest.helper_pid() {
                         put(&mut run, "peak_rss_mib", guest::vm_mib(pid, "VmHWM:"));
                     }
@@ -230,7 +230,7 @@ pub fn run(options: Options) -> Result<Results, String> {
     Ok(results)
 }
 
-fn measure(guest: &mut Guest, options: &Options, servers: &HostServers, run: &mut PathRun) {
+fn measure(guest: &mut Guest, options: &Options, run: &mut PathRun) {
     for &scenario in &options.scenarios {
         let outcome = match scenario {
             Scenario::TcpStream => tcp_stream(guest, options, run),
@@ -242,7 +242,6 @@ fn measure(guest: &mut Guest, options: &Options, servers: &HostServers, run: &mu
             run.notes.push(format!("{}: {e}", scenario.name()));
         }
     }
-    let _ = servers;
 }
 
 fn put(run: &mut PathRun, key: &'static str, value: Option<f64>) {
@@ -473,7 +472,8 @@ fn hold(guest: &Guest, options: &Options, run: &mut PathRun) -> Result<(), Strin
                 }
                 if held.unwrap_or(0.0) < options.hold as f64 {
                     run.notes.push(format!(
-                        "hold: only {} of {} connections opened (within 60 s)",
+                        "hold: only {} of {} connections opened (the client stops at 60 s or \
+                         after five failed connects in a row)",
                         held.unwrap_or(0.0),
                         options.hold
                     ));

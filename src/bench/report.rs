@@ -172,10 +172,9 @@ pub fn table(results: &Results) -> String {
             );
         }
     }
-    let notes: Vec<String> = results
-        .runs
-        .iter()
-        .flat_map(|(&(path, mtu), run)| {
+    let notes: Vec<String> = in_order(results)
+        .into_iter()
+        .flat_map(|(path, mtu, run)| {
             run.notes
                 .iter()
                 .map(move |n| format!("  {} at MTU {mtu}: {n}", path.name()))
