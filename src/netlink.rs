@@ -65,6 +65,8 @@ pub struct LinkState {
     /// The index of the bridge (or other master) it is enslaved to.
     pub master: Option<u32>,
     pub up: bool,
+    /// It is a Linux bridge (IFLA_INFO_KIND "bridge").
+    pub is_bridge: bool,
 }
 
 /// A NETLINK_ROUTE socket bound to the current network namespace.
@@ -459,12 +461,18 @@ fn link_state(link: &LinkMessage) -> LinkState {
         mtu: 0,
         master: None,
         up: link.header.flags.contains(LinkFlags::Up),
+        is_bridge: false,
     };
     for attr in &link.attributes {
         match attr {
             LinkAttribute::Address(a) if a.len() == 6 => state.mac.copy_from_slice(a),
             LinkAttribute::Mtu(m) => state.mtu = *m,
             LinkAttribute::Controller(m) => state.master = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                state.is_bridge = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+            }
             _ => {}
         }
     }

@@ -37,7 +37,7 @@ container() {
         '"$checks"'
         touch "$W/tmp/'"$name"'.ready"
         until [ -e "$W/tmp/'"$name"'.done" ]; do sleep 0.05; done
-        kill %1'
+        kill $(jobs -p)'
 }
 # finish NAME PID: lets the container end; its tapir must exit 0.
 finish() {
@@ -65,8 +65,8 @@ fn run(world: World, body: &str) {
     world.run_ok(&format!("{KERNEL_VERBS}\n{body}"));
 }
 
-/// One container: its gateway, a remote host through MASQUERADE, its published port from the
-/// remote host (DNAT, source kept) and from the host itself (own address, and 127.0.0.1
+/// One container: its gateway, a remote host through MASQUERADE, its published TCP and UDP
+/// ports from the remote host (DNAT, source kept) and from the host itself (own address, and 127.0.0.1
 /// through route_localnet and the masquerade mark); then nothing left.
 #[test]
 fn bridge_gateway_masquerade_and_published_ports() {
@@ -76,9 +76,11 @@ fn bridge_gateway_masquerade_and_published_ports() {
 start remote-whoami in_remote actor tcp-whoami 0.0.0.0 9000
 wait_port in_remote tcp 9000
 container ct1 '
+    actor udp-echo 0.0.0.0 7 > "$W/log/ct1-udp.log" 2>&1 &
+    until [ -n "$(ss -Hlun "sport = :7")" ]; do sleep 0.05; done
     ping -c 1 -W 2 172.30.0.1 > /dev/null && echo reached > "$W/tmp/gateway"
     actor tcp-ask 198.51.100.10 9000 > "$W/tmp/egress"
-' -p 5005:5000
+' -p 5005:5000 -p 5007:7/udp
 ct1=$!
 wait_ready "$W/tmp/ct1.ready" "$ct1"
 check_eq "container address (first of 172.30.0.0/16 after the gateway)" "$(cat "$W/tmp/ct1.addr")" 172.30.0.2/16
@@ -86,6 +88,9 @@ check_eq "container -> bridge gateway (ping)" "$(cat "$W/tmp/gateway")" reached
 check_eq "container -> remote: the remote sees the host's address" "$(cat "$W/tmp/egress")" "peer 198.51.100.1"
 check_eq "remote -> host:5005 -> container: source kept" \
     "$(in_remote actor tcp-ask 198.51.100.1 5005)" "peer 198.51.100.10"
+check_eq "remote -> host:5007/udp -> container" \
+    "$(in_remote actor udp-ask 198.51.100.1 5007 32)" "echo from 198.51.100.1:5007 32 bytes ok"
+check_match "the UDP echo saw the remote's own address" "$(cat "$W/log/ct1-udp.log")" "from 198\.51\.100\.10:"
 check_eq "host -> its own 198.51.100.1:5005" "$(actor tcp-ask 198.51.100.1 5005)" "peer 198.51.100.1"
 check_eq "host -> 127.0.0.1:5005 (masqueraded to the gateway)" \
     "$(actor tcp-ask 127.0.0.1 5005)" "peer 172.30.0.1"
@@ -203,6 +208,43 @@ out=$("$TAPIR" network prune)
 check_eq "prune names what it removed" "$out" "removed the stale lease of run-$k2"
 no_leftovers
 check_eq "a second prune has nothing to do" "$("$TAPIR" network prune)" ""
+"#,
+    );
+}
+
+/// Refused runs change nothing: a host port another container publishes, a --bridge that names
+/// an interface which is not a bridge. A bridge that existed before tapir is used and kept.
+#[test]
+fn refusals_leave_nothing_and_foreign_bridges_stay() {
+    run(
+        world("refusals_leave_nothing_and_foreign_bridges_stay"),
+        r#"
+container ct1 '' -p 5005:5000
+ct1=$!
+wait_ready "$W/tmp/ct1.ready" "$ct1"
+rc=0
+err=$("$TAPIR" run --network bridge -p 5005:80 -- touch "$W/tmp/ran" 2>&1) || rc=$?
+check_eq "port taken: refused" "$rc:$err" "125:tapir: host port 5005/tcp is already published by \"run-$ct1\""
+[ ! -e "$W/tmp/ran" ] || fail "port taken: the command ran"
+check_eq "port taken: ct1's lease only" "$(leases)" 1
+check_eq "port taken: ct1 still served" "$(in_remote actor tcp-ask 198.51.100.1 5005)" "peer 198.51.100.10"
+finish ct1 "$ct1"
+no_leftovers
+
+rc=0
+err=$("$TAPIR" run --network bridge --bridge to-remote --subnet 10.88.0.0/24 -- touch "$W/tmp/ran" 2>&1) || rc=$?
+check_eq "--bridge naming a veth: refused" "$rc:$err" \
+    "125:tapir: --bridge \"to-remote\" is not usable: an interface of that name exists and is not a bridge"
+[ ! -e "$W/tmp/ran" ] || fail "--bridge naming a veth: the command ran"
+no_leftovers
+
+ip link add br-own type bridge
+before=$(snapshot)
+out=$("$TAPIR" run --network bridge --bridge br-own --subnet 10.88.0.0/24 -- ip -4 -br addr show dev eth0 | awk '{print $3}')
+check_eq "on a bridge of our own: an address" "$out" 10.88.0.2/24
+check_match "the foreign bridge stays" "$(ip -br link show dev br-own)" "^br-own "
+check_eq "leases after" "$(leases)" 0
+check_eq "nftables ruleset after" "$(nft -j list ruleset)" "$(sed -n 2p <<<"$before")"
 "#,
     );
 }

@@ -188,7 +188,7 @@ pub(super) fn attach(
     // was made.
     state.leases.push(lease.clone());
     lock.save(&state)?;
-    let made = build(&mut nl, cfg, netns_path, &lease).and_then(|att| {
+    let made = build(&mut nl, cfg, netns_path, &lease, &lock, &mut state).and_then(|att| {
         nft::apply(&nft::batch(&state.leases))
             .map(|()| att)
             .map_err(Into::into)
@@ -199,20 +199,13 @@ pub(super) fn attach(
             let mut errors = vec![e];
             state.leases.retain(|l| l != &lease);
             teardown::remove_lease_objects(&mut nl, &lease, &mut errors);
-            teardown::reconcile(
-                &mut nl,
-                &lock,
-                &mut state,
-                std::slice::from_ref(&lease.bridge),
-                &mut errors,
-            );
+            teardown::reconcile(&mut nl, &lock, &mut state, &mut errors);
             return Err(teardown::collapse(errors));
         }
     };
     if !stale.is_empty() {
         let mut errors = Vec::new();
-        let bridges: Vec<String> = stale.iter().map(|l| l.bridge.clone()).collect();
-        teardown::reconcile(&mut nl, &lock, &mut state, &bridges, &mut errors);
+        teardown::reconcile(&mut nl, &lock, &mut state, &mut errors);
         for e in errors {
             log::warn!("cleaning up after a stale lease: {e}");
         }
@@ -231,8 +224,10 @@ fn build(
     cfg: &BridgeConfig,
     netns_path: &Path,
     lease: &Lease,
+    lock: &StateLock,
+    state: &mut State,
 ) -> Result<Attachment, KernelError> {
-    let bridge = ensure_bridge(nl, cfg, lease.gateway)?;
+    let bridge = ensure_bridge(nl, cfg, lease.gateway, lock, state)?;
     let target = File::open(netns_path).map_err(|e| netns::NetnsError::Open {
         path: netns_path.to_path_buf(),
         cause: e.into(),
@@ -265,15 +260,29 @@ fn build(
     })
 }
 
-/// The bridge's index, creating and configuring it first if it is missing.
+/// The bridge's index, creating and configuring it first if it is missing (and recording that
+/// tapir made it, before making it, so a rollback or prune deletes it).
 fn ensure_bridge(
     nl: &mut Netlink,
     cfg: &BridgeConfig,
     gateway: Ipv4Addr,
+    lock: &StateLock,
+    state: &mut State,
 ) -> Result<u32, KernelError> {
     let index = match nl.link_get(&cfg.bridge)? {
-        Some(link) => link.index,
+        Some(link) if link.is_bridge => link.index,
+        Some(_) => {
+            return Err(KernelError::Invalid {
+                what: "--bridge",
+                value: cfg.bridge.clone(),
+                why: "an interface of that name exists and is not a bridge",
+            });
+        }
         None => {
+            if !state.bridges_created.contains(&cfg.bridge) {
+                state.bridges_created.push(cfg.bridge.clone());
+                lock.save(state)?;
+            }
             nl.bridge_add(&cfg.bridge)?;
             let index = nl.link_index(&cfg.bridge)?;
             nl.link_set_mac(index, bridge_mac(&cfg.bridge))?;

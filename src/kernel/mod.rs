@@ -35,8 +35,10 @@
 //! - Nothing outside the bridge, the veths, the `inet tapir` table and the two sysctls is
 //!   touched: no other table is flushed or edited.
 //!
-//! Non-goals: IPv6, port ranges, network isolation between bridges, re-applying rules after
-//! someone else flushes the ruleset (a `tapir network prune` re-renders the table, though).
+//! Non-goals: IPv6, port ranges, network isolation between bridges, flushing conntrack entries
+//! of a published UDP port, reserving (binding) published host ports, re-applying rules after
+//! someone else flushes the ruleset (a `tapir network prune` re-renders the table, though). A
+//! bridge that existed before tapir is used but never deleted.
 
 pub mod bridge;
 pub mod ipam;
@@ -166,8 +168,10 @@ pub fn attach_for_process(
 }
 
 /// Removes everything `attach` made for (`owner_id`, `ifname`). Idempotent: detaching what is
-/// already gone (or never was) is `Ok`. `netns`, when given and still there, is also cleaned
-/// of `ifname` if no lease names it (a half-made attachment of a crashed run).
+/// already gone (or never was) is `Ok`, and so is a container network namespace that no longer
+/// exists. Without a lease, the host veth derived from (`owner_id`, `ifname`) is still deleted
+/// if present (an attach that died half-way). `netns` is accepted for the CNI DEL call shape
+/// but not needed: deleting the host end of the veth deletes the container end.
 pub fn detach(
     cfg: &BridgeConfig,
     netns: Option<&Path>,

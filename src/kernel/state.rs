@@ -41,6 +41,9 @@ pub struct State {
     pub leases: Vec<Lease>,
     /// `net.ipv4.ip_forward` before the first bridge was made ("0" or "1").
     pub ip_forward_before: Option<String>,
+    /// Bridges tapir created (and so deletes when no lease names them); a bridge that was
+    /// there before is used but never deleted.
+    pub bridges_created: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,7 @@ pub fn render(state: &State) -> String {
     let doc = json!({
         "version": 1,
         "ip_forward_before": state.ip_forward_before,
+        "bridges_created": state.bridges_created,
         "leases": leases,
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
@@ -180,6 +184,15 @@ pub fn parse(text: &str) -> Result<State, String> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err("\"ip_forward_before\" is not a string".into()),
     };
+    let bridges_created = match doc.get("bridges_created") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|b| b.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or("\"bridges_created\" holds a non-string")?,
+        Some(_) => return Err("\"bridges_created\" is not an array".into()),
+    };
     let leases = doc
         .get("leases")
         .and_then(Value::as_array)
@@ -191,6 +204,7 @@ pub fn parse(text: &str) -> Result<State, String> {
     Ok(State {
         leases,
         ip_forward_before,
+        bridges_created,
     })
 }
 
@@ -306,6 +320,7 @@ mod test {
                 lease("b", 3, &[]),
             ],
             ip_forward_before: Some("0".into()),
+            bridges_created: vec!["tapir0".into()],
         };
         assert_eq!(parse(&render(&state)), Ok(state));
     }
@@ -316,7 +331,7 @@ mod test {
         assert!(parse("{\"version\": 2, \"leases\": []}").is_err());
         let bad = render(&State {
             leases: vec![lease("a", 2, &[])],
-            ip_forward_before: None,
+            ..State::default()
         })
         .replace("172.30.0.2", "not-an-address");
         assert_eq!(
@@ -329,7 +344,7 @@ mod test {
     fn port_clashes_consider_protocol_and_host_ip() {
         let state = State {
             leases: vec![lease("a", 2, &["127.0.0.1:8080:80"])],
-            ip_forward_before: None,
+            ..State::default()
         };
         let clash = |s: &str| {
             state

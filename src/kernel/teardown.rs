@@ -7,8 +7,9 @@
 //!   2. its host veth is deleted, which deletes the container end too (already gone if the
 //!      container's network namespace died);
 //!   3. reconcile: the `inet tapir` table is re-rendered from the remaining leases (deleted when
-//!      none is left); each bridge that no lease names any more is deleted (its route_localnet
-//!      goes with it); with no lease left, ip_forward gets its recorded value back.
+//!      none is left); each bridge tapir created that no lease names any more is deleted (its
+//!      route_localnet goes with it; a bridge that was there before tapir is never deleted);
+//!      with no lease left, ip_forward gets its recorded value back.
 //!
 //! A lease is stale when its recorded process is dead or its host veth is gone: the container
 //! (network namespace) it served no longer exists. Stale leases are reclaimed by the next
@@ -119,13 +120,12 @@ fn delete_link(nl: &mut Netlink, name: &str, errors: &mut Vec<KernelError>) {
     }
 }
 
-/// Saves `state`, renders the firewall from it, deletes the `candidates` bridges no lease
-/// names, and restores ip_forward when no lease is left.
+/// Saves `state`, renders the firewall from it, deletes the bridges tapir created that no
+/// lease names any more, and restores ip_forward when no lease is left.
 pub(super) fn reconcile(
     nl: &mut Netlink,
     lock: &StateLock,
     state: &mut State,
-    candidates: &[String],
     errors: &mut Vec<KernelError>,
 ) {
     if let Err(e) = lock.save(state) {
@@ -134,12 +134,28 @@ pub(super) fn reconcile(
     if let Err(e) = nft::apply(&nft::batch(&state.leases)) {
         errors.push(e.into());
     }
-    for (i, br) in candidates.iter().enumerate() {
-        if candidates[..i].contains(br) || state.bridge_in_use(br) {
+    for br in state.bridges_created.clone() {
+        if state.bridge_in_use(&br) {
             continue;
         }
-        delete_link(nl, br, errors);
-        log::info!("deleted the bridge {br}");
+        match nl.link_get(&br) {
+            Ok(Some(link)) if link.is_bridge => match nl.link_delete(link.index) {
+                Ok(()) => log::info!("deleted the bridge {br}"),
+                Err(e) => {
+                    errors.push(e.into());
+                    continue;
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                errors.push(e.into());
+                continue;
+            }
+        }
+        state.bridges_created.retain(|b| *b != br);
+        if let Err(e) = lock.save(state) {
+            errors.push(e.into());
+        }
     }
     if state.leases.is_empty()
         && let Some(old) = state.ip_forward_before.take()
@@ -163,7 +179,6 @@ pub(super) fn detach(
     let mut state = lock.load()?;
     let mut nl = Netlink::open()?;
     let mut errors = Vec::new();
-    let mut candidates = Vec::new();
     if let Some(pos) = state
         .leases
         .iter()
@@ -174,16 +189,14 @@ pub(super) fn detach(
             errors.push(e.into());
         }
         remove_lease_objects(&mut nl, &lease, &mut errors);
-        candidates.push(lease.bridge.clone());
         log::info!("detached {owner} {ifname} ({})", lease.address);
     } else {
         // No lease: an attach that died before writing one can only have left a veth under
         // the name derived from (owner, ifname). Deleting it deletes its container end.
         delete_link(&mut nl, &bridge::host_veth_name(owner, ifname), &mut errors);
     }
-    let stale = remove_stale(&mut nl, &mut state, &mut errors);
-    candidates.extend(stale.into_iter().map(|l| l.bridge));
-    reconcile(&mut nl, &lock, &mut state, &candidates, &mut errors);
+    remove_stale(&mut nl, &mut state, &mut errors);
+    reconcile(&mut nl, &lock, &mut state, &mut errors);
     done(errors)
 }
 
@@ -193,8 +206,7 @@ pub(super) fn prune(state_dir: &Path) -> Result<Vec<String>, KernelError> {
     let mut nl = Netlink::open()?;
     let mut errors = Vec::new();
     let stale = remove_stale(&mut nl, &mut state, &mut errors);
-    let candidates: Vec<String> = stale.iter().map(|l| l.bridge.clone()).collect();
-    reconcile(&mut nl, &lock, &mut state, &candidates, &mut errors);
+    reconcile(&mut nl, &lock, &mut state, &mut errors);
     done(errors)?;
     Ok(stale.into_iter().map(|l| l.owner).collect())
 }
