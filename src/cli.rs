@@ -36,6 +36,54 @@ pub enum Command {
     /// Act as a CNI 1.0 plugin (ADD, DEL, CHECK, VERSION from CNI_COMMAND, the network
     /// configuration on stdin, the result on stdout); also when installed as `tapir-cni`.
     Cni,
+    /// Measure tapir against the kernel path, slirp4netns and pasta, side by side (root; all
+    /// traffic stays in a private network namespace; rootless paths run as uid 65534).
+    Bench(BenchArgs),
+    /// The load generator `tapir bench` runs inside each guest (not for direct use).
+    #[command(hide = true)]
+    BenchClient(BenchClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Paths to measure, comma-separated: tapir, kernel (tapir run --network bridge), veth,
+    /// slirp4netns, pasta (default: all; one whose tool is not installed is skipped).
+    #[arg(long, value_delimiter = ',', value_name = "PATH,...")]
+    pub paths: Vec<String>,
+    /// Scenarios, comma-separated: tcp_stream, tcp_rr, udp_rr, connect_rate, hold (default: all).
+    #[arg(long, value_delimiter = ',', value_name = "SCENARIO,...")]
+    pub scenarios: Vec<String>,
+    /// Guest MTUs, comma-separated (default: 65520,1500; with --quick: 65520).
+    #[arg(long, value_delimiter = ',', value_name = "MTU,...")]
+    pub mtu: Vec<u32>,
+    /// Seconds per measurement (default: 5; with --quick: 1).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Connections the hold scenario opens and holds (default: 10000; with --quick: 1000).
+    #[arg(long, value_name = "N")]
+    pub hold: Option<u64>,
+    /// A short run: 1 s per measurement, MTU 65520 only, 1,000 held connections.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write every figure, ratio and latency CDF to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also draw throughput bars and latency CDFs to FILE (.svg).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchClientArgs {
+    /// tcp_rr, udp_rr, connect_rate or hold.
+    pub task: String,
+    /// The host-side server, as the guest reaches it.
+    pub server: std::net::SocketAddr,
+    #[arg(long, default_value_t = 1000)]
+    pub duration_ms: u64,
+    /// Connections to hold (hold).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
 }
 
 #[derive(Debug, Subcommand)]

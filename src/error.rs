@@ -1,5 +1,6 @@
 //! The top-level error: every module's error, printed by `main` as one sentence.
 
+use crate::bench::BenchError;
 use crate::config::ConfigError;
 use crate::event_loop::LoopError;
 use crate::namespace::NamespaceError;
@@ -12,6 +13,8 @@ pub enum Error {
     Namespace(#[from] NamespaceError),
     #[error(transparent)]
     Loop(#[from] LoopError),
+    #[error(transparent)]
+    Bench(#[from] BenchError),
     #[error(transparent)]
     Kernel(#[from] crate::kernel::KernelError),
     /// A kernel-path command used without root: the whole sentence.

@@ -5,6 +5,7 @@
 //! See `README.md` for the user's view and each module's `//!` header for its theory.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod cni;
 pub mod commands;

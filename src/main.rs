@@ -38,6 +38,8 @@ fn main() {
         Command::Run(args) => tapir::commands::run::run(*args),
         Command::Network(cmd) => tapir::commands::network::run(cmd),
         Command::Cni => Ok(tapir::commands::cni::main()),
+        Command::Bench(args) => tapir::commands::bench::bench(args),
+        Command::BenchClient(args) => tapir::commands::bench::client(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

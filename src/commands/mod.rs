@@ -1,4 +1,5 @@
 //! The subcommands, each a thin shell over the library.
+pub mod bench;
 pub mod cni;
 pub mod network;
 pub mod run;

@@ -1,0 +1,163 @@
+//! `tapir bench --quick` on the tapir path alone, one second per measurement: every scenario
+//! runs and the JSON report carries every figure, a ratio-ready shape and a latency CDF. (The
+//! figures themselves are not judged here: CI machines are noisy, and the bench is for reading.)
+//! Bad options are refused with one sentence naming the value, before anything is set up.
+//!
+//! `tapir bench` builds its own private namespaces (net, mount, pid) and runs tapir as uid
+//! 65534, so the only requirement is root and iperf3; without them this skips, and with
+//! `CI=true` (where .ci/run installs iperf3) it fails instead.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
+
+fn in_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true" | "1"))
+}
+
+/// Why this machine cannot run the bench, if it cannot.
+fn cannot_run() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("tapir bench needs root".into());
+    }
+    let iperf3 = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("iperf3").is_file()));
+    (!iperf3).then(|| "iperf3 is not installed".into())
+}
+
+/// Runs `tapir ARGS` to its end (at most `limit`), returning (exit code, stdout, stderr).
+fn tapir(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    let dir = std::env::temp_dir().join(format!("tapir-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let (out, err) = (
+        dir.join(format!("out-{}", args.len())),
+        dir.join(format!("err-{}", args.len())),
+    );
+    let mut child = Command::new(TAPIR)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("a stdout file"))
+        .stderr(std::fs::File::create(&err).expect("a stderr file"))
+        .spawn()
+        .expect("tapir starts");
+    let start = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("waitpid") {
+            break status.code();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tapir {} ran longer than {limit:?}; stderr: {}",
+                args.join(" "),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = |p| std::fs::read_to_string(p).unwrap_or_default();
+    (code, text(&out), text(&err))
+}
+
+#[test]
+fn quick_bench_of_tapir_reports_every_figure() {
+    if let Some(reason) = cannot_run() {
+        assert!(
+            !in_ci(),
+            "bench_smoke cannot run in CI, where .ci/run provides everything: {reason}"
+        );
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tapir-bench-smoke-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let json = dir.join("bench.json");
+    let svg = dir.join("bench.svg");
+    let (code, stdout, stderr) = tapir(
+        &[
+            "bench",
+            "--quick",
+            "--paths",
+            "tapir",
+            "--duration",
+            "1",
+            "--hold",
+            "200",
+            "--json",
+            json.to_str().unwrap_or_default(),
+            "--plot",
+            svg.to_str().unwrap_or_default(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "tapir bench failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("TCP RR p50 µs"),
+        "no table on stdout:\n{stdout}"
+    );
+    let text = std::fs::read_to_string(&json).expect("the --json file");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let runs = doc["runs"].as_array().expect("a runs array");
+    assert_eq!(runs.len(), 1, "{text}");
+    let run = &runs[0];
+    assert_eq!(run["path"], "tapir");
+    assert_eq!(run["mtu"], 65520);
+    assert_eq!(
+        run["notes"],
+        serde_json::json!([]),
+        "the run left notes: {text}"
+    );
+    for key in [
+        "tcp_g2h_gbit_s",
+        "tcp_h2g_gbit_s",
+        "tcp_rr_p50_us",
+        "tcp_rr_p99_us",
+        "udp_rr_p50_us",
+        "udp_rr_p99_us",
+        "connect_per_s",
+        "cpu_s_per_gb",
+        "peak_rss_mib",
+        "held_rss_mib",
+    ] {
+        let v = run["metrics"][key].as_f64();
+        assert!(v.is_some_and(|v| v > 0.0), "metric {key} is {v:?}: {text}");
+    }
+    assert_eq!(run["metrics"]["held_connections"], 200.0);
+    let p50 = run["metrics"]["tcp_rr_p50_us"].as_f64().unwrap_or(0.0);
+    let p99 = run["metrics"]["tcp_rr_p99_us"].as_f64().unwrap_or(0.0);
+    assert!(p50 <= p99, "p50 {p50} above p99 {p99}");
+    for cdf in ["tcp_rr", "udp_rr"] {
+        let points = run["cdf_us"][cdf].as_array().map_or(0, Vec::len);
+        assert!(points > 10, "the {cdf} CDF has {points} points");
+    }
+    assert_eq!(doc["options"]["paths"], serde_json::json!(["tapir"]));
+    let plot = std::fs::read_to_string(&svg).expect("the --plot file");
+    assert!(plot.starts_with("<svg") && plot.contains("<rect") && plot.contains("<polyline"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_options_are_refused_naming_the_value() {
+    for (args, offending) in [
+        (&["bench", "--paths", "tapir,vpnkit"][..], "vpnkit"),
+        (&["bench", "--scenarios", "tcp_crr"], "tcp_crr"),
+        (&["bench", "--plot", "out.png"], "out.png"),
+        (&["bench", "--mtu", "70000"], "70000"),
+        (&["bench", "--duration", "0"], "--duration 0"),
+    ] {
+        let (code, _, stderr) = tapir(args, Duration::from_secs(10));
+        assert_ne!(code, Some(0), "tapir {} succeeded", args.join(" "));
+        assert!(
+            stderr.contains(offending),
+            "tapir {}: {stderr}",
+            args.join(" ")
+        );
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "not one sentence: {stderr}"
+        );
+    }
+}
