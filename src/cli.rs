@@ -132,9 +132,10 @@ pub struct RunArgs {
     /// (HOST_IP defaults to 0.0.0.0). Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<PortForward>,
-    /// MTU of the guest's tap0.
-    #[arg(long, default_value_t = 65520)]
-    pub mtu: u32,
+    /// MTU of the guest's interface: tap0 (default 65520), or with --network bridge the veth
+    /// pair (default: the kernel's, 1500).
+    #[arg(long)]
+    pub mtu: Option<u32>,
     /// The guest's network: gateway at +2, DNS at +3, guest at +100.
     #[arg(long, default_value = "10.0.2.0/24")]
     pub cidr: String,

@@ -170,6 +170,15 @@ check_match "bad subnet: names it" "$err" '172\.30\.0\.1/16'
 rc=0
 err=$("$TAPIR" run --network none -p 8080:80 -- true 2>&1) || rc=$?
 check_eq "-p with none: refused" "$rc:$err" "125:tapir: -p does not apply to --network none"
+rc=0
+err=$("$TAPIR" run --network host --mtu 9000 -- true 2>&1) || rc=$?
+check_eq "--mtu with host: refused" "$rc:$err" "125:tapir: --mtu does not apply to --network host"
+check_match "--mtu with bridge: the container's interface" \
+    "$("$TAPIR" run --network bridge --mtu 9000 -- ip -o link show dev eth0)" " mtu 9000 "
+rc=0
+err=$("$TAPIR" run --network bridge --mtu 70000 -- true 2>&1) || rc=$?
+check_eq "--mtu out of range with bridge: exit status" "$rc" 125
+check_match "--mtu out of range with bridge: names it" "$err" '70000'
 no_leftovers_modes() {
     check_eq "links, nftables ruleset and ip_forward" "$(snapshot)" "$before"
 }

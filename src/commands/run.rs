@@ -14,7 +14,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         return super::run_kernel::run(args);
     }
     let plan = AddressPlan::from_cidr(&args.cidr, !args.disable_host_loopback)?;
-    let mtu = check_mtu(args.mtu)?;
+    let mtu = check_mtu(args.mtu.unwrap_or(65520))?;
     let limits = Limits::from_specs(&args.limits)?;
     if args.command.is_empty() {
         return Err(ConfigError::NoCommand.into());

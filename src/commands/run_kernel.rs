@@ -16,7 +16,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::cli::{NetworkMode, RunArgs};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, check_mtu};
 use crate::error::Error;
 use crate::kernel::{self, BridgeConfig, netns};
 use crate::namespace::wait_status_code;
@@ -47,6 +47,11 @@ fn check_options(args: &RunArgs) -> Result<(), Error> {
         ("--deny/--allow", !args.rules.is_empty()),
         ("--deny-private", args.deny_private),
         ("--policy", args.policy.is_some()),
+        ("--limit", !args.limits.is_empty()),
+        (
+            "--mtu",
+            args.network != NetworkMode::Bridge && args.mtu.is_some(),
+        ),
         (
             "-p",
             args.network != NetworkMode::Bridge && !args.publish.is_empty(),
@@ -117,7 +122,7 @@ fn run_bridge(args: &RunArgs, signals: &SigSet) -> Result<i32, Error> {
         subnet: args.subnet.parse().map_err(kernel::KernelError::from)?,
         gateway: None,
         ip_masq: true,
-        mtu: None,
+        mtu: args.mtu.map(check_mtu).transpose()?,
         state_dir: args
             .state_dir
             .clone()
