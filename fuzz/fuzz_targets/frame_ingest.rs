@@ -86,6 +86,8 @@ fn config() -> NetworkConfig {
         max_tcp_flows: 8,
         max_tcp_pending: 4,
         tcp_buffer: 16 * 1024,
+        // Small enough that a few flows reach the budget: smaller rings, then refusals.
+        tcp_buffer_total: 64 * 1024,
         max_udp_flows: 8,
         udp_idle: Duration::from_secs(60),
         max_icmp_flows: 4,
