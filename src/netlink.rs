@@ -301,66 +301,10 @@ impl Netlink {
         verb: &str,
         message: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = seq;
-        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(message));
-        msg.finalize();
-        let mut bytes = vec![0u8; msg.buffer_len()];
-        msg.serialize(&mut bytes);
-        let io_error = |e: std::io::Error| NetlinkError::Request {
-            verb: verb.to_string(),
-            cause: e.into(),
-        };
-        self.socket.send(&bytes, 0).map_err(io_error)?;
-        let malformed = |detail: String| NetlinkError::Reply {
-            verb: verb.to_string(),
-            detail,
-        };
         let mut replies = Vec::new();
-        let mut buf = vec![0u8; RECV_BUFFER];
-        loop {
-            let len = loop {
-                match self.socket.recv(&mut &mut buf[..], 0) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    other => break other.map_err(io_error)?,
-                }
-            };
-            if len > buf.len() {
-                return Err(malformed(format!(
-                    "a {len}-byte reply does not fit the buffer"
-                )));
-            }
-            let mut offset = 0;
-            while offset < len {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..len])
-                    .map_err(|e| malformed(e.to_string()))?;
-                let msg_len = usize::try_from(msg.header.length).unwrap_or(usize::MAX);
-                if msg_len == 0 {
-                    return Err(malformed("a zero-length message".into()));
-                }
-                offset = offset.saturating_add(msg_len.next_multiple_of(4));
-                if msg.header.sequence_number != seq {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(replies),
-                    NetlinkPayload::Error(e) => {
-                        if let Some(code) = e.code {
-                            return Err(NetlinkError::Request {
-                                verb: verb.to_string(),
-                                cause: OsError(Errno::from_raw(-code.get())),
-                            });
-                        }
-                        return Ok(replies);
-                    }
-                    NetlinkPayload::InnerMessage(m) => replies.push(m),
-                    _ => {}
-                }
-            }
-        }
+        let bytes = encode_with(message, NLM_F_REQUEST | NLM_F_DUMP, self.next_seq());
+        self.exchange(verb, &bytes, |m| replies.push(m))?;
+        Ok(replies)
     }
 
     fn label(&self, index: u32) -> String {
@@ -378,16 +322,36 @@ impl Netlink {
         message: RouteNetlinkMessage,
         extra_flags: u16,
     ) -> Result<Option<RouteNetlinkMessage>, NetlinkError> {
+        let mut reply = None;
+        let bytes = encode(message, extra_flags, self.next_seq());
+        self.exchange(verb, &bytes, |m| reply = Some(m))?;
+        Ok(reply)
+    }
+
+    fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Sends the request `bytes` (whose sequence number is `self.seq`) and hands each reply
+    /// message with that number to `on_reply`, until NLMSG_DONE or the ACK; an error code
+    /// in the ACK is the request's failure.
+    fn exchange(
+        &mut self,
+        verb: &str,
+        bytes: &[u8],
+        mut on_reply: impl FnMut(RouteNetlinkMessage),
+    ) -> Result<(), NetlinkError> {
         let seq = self.seq;
-        let bytes = encode(message, extra_flags, seq);
         let io_error = |e: std::io::Error| NetlinkError::Request {
             verb: verb.to_string(),
             cause: e.into(),
         };
-        self.socket.send(&bytes, 0).map_err(io_error)?;
-
-        let mut reply = None;
+        let malformed = |detail: String| NetlinkError::Reply {
+            verb: verb.to_string(),
+            detail,
+        };
+        self.socket.send(bytes, 0).map_err(io_error)?;
         let mut buf = vec![0u8; RECV_BUFFER];
         loop {
             let len = loop {
@@ -395,10 +359,6 @@ impl Netlink {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     other => break other.map_err(io_error)?,
                 }
-            };
-            let malformed = |detail: String| NetlinkError::Reply {
-                verb: verb.to_string(),
-                detail,
             };
             if len > buf.len() {
                 return Err(malformed(format!(
@@ -418,16 +378,17 @@ impl Netlink {
                     continue;
                 }
                 match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(e) => {
                         return match e.code {
-                            None => Ok(reply),
+                            None => Ok(()),
                             Some(code) => Err(NetlinkError::Request {
                                 verb: verb.to_string(),
                                 cause: OsError(Errno::from_raw(-code.get())),
                             }),
                         };
                     }
-                    NetlinkPayload::InnerMessage(m) => reply = Some(m),
+                    NetlinkPayload::InnerMessage(m) => on_reply(m),
                     _ => {}
                 }
             }
@@ -437,8 +398,13 @@ impl Netlink {
 
 /// Serializes `message` as a request with NLM_F_ACK and `seq`.
 fn encode(message: RouteNetlinkMessage, extra_flags: u16, seq: u32) -> Vec<u8> {
+    encode_with(message, NLM_F_REQUEST | NLM_F_ACK | extra_flags, seq)
+}
+
+/// Serializes `message` with exactly these header `flags` and `seq`.
+fn encode_with(message: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK | extra_flags;
+    header.flags = flags;
     header.sequence_number = seq;
     let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(message));
     msg.finalize();
