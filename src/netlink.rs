@@ -96,26 +96,10 @@ impl Netlink {
 
     /// The index of the interface called `name`.
     pub fn link_index(&mut self, name: &str) -> Result<u32, NetlinkError> {
-        let verb = format!("look up the network interface {name:?}");
-        let reply = match self.request(&verb, get_link_message(name), 0) {
-            Err(NetlinkError::Request {
-                cause: OsError(Errno::ENODEV),
-                ..
-            }) => {
-                return Err(NetlinkError::NoSuchLink(name.to_string()));
-            }
-            other => other?,
-        };
-        let Some(RouteNetlinkMessage::NewLink(link)) = reply else {
-            return Err(NetlinkError::Reply {
-                verb,
-                detail: "no link message before the ACK".into(),
-            });
-        };
-        let index = link.header.index;
-        self.names.retain(|(i, _)| *i != index);
-        self.names.push((index, name.to_string()));
-        Ok(index)
+        match self.link_get(name)? {
+            Some(link) => Ok(link.index),
+            None => Err(NetlinkError::NoSuchLink(name.to_string())),
+        }
     }
 
     /// The interface called `name`, or `None` if there is none.
