@@ -15,6 +15,7 @@
 pub mod alloc;
 pub mod fdpass;
 pub mod sandbox;
+pub mod splice;
 pub mod tap;
 
 use std::fmt;
@@ -196,6 +197,33 @@ pub fn inherited_fd(fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
     // SAFETY: the fd is open and was handed to this process by its parent for it to own;
     // nothing else in tapir refers to it by number.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Strips a long-lived helper process down to one descriptor: stdin, stdout and stderr become
+/// /dev/null, `keep` becomes fd 3, and every other fd is closed (the parent's files, and the
+/// ends of pipes whose readers wait for end of file). Returns fd 3, or `None` on failure.
+pub fn keep_only(keep: std::os::fd::OwnedFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let raw = keep.into_raw_fd();
+    if let Ok(null) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 takes no pointers; fds 0-2 are replaced, never used as Rust objects.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    // SAFETY: as above; fd 3 is free to take (it is reclaimed as an OwnedFd below).
+    if raw != 3 && unsafe { libc::dup2(raw, 3) } != 3 {
+        return None;
+    }
+    // SAFETY: close_range takes no pointers. The fds it closes (`raw` among them, when it is
+    // not 3) are not owned by any live Rust object: this process only runs the helper now.
+    unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    // SAFETY: fd 3 is open (dup2 above, or `raw` itself) and owned by nothing else.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(3) })
 }
 
 #[cfg(test)]
