@@ -132,6 +132,11 @@ pub struct RunArgs {
     /// (HOST_IP defaults to 0.0.0.0). Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<PortForward>,
+    /// Carry -p clients from the host's loopback through the TAP like the others (the guest
+    /// sees them come from 10.0.2.2), instead of splicing them to the guest's own 127.0.0.1
+    /// with no copy (the guest sees them come from 127.0.0.1, as with pasta).
+    #[arg(long)]
+    pub no_splice: bool,
     /// MTU of the guest's interface: tap0 (default 65520), or with --network bridge the veth
     /// pair (default: the kernel's, 1500).
     #[arg(long)]

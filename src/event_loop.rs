@@ -42,12 +42,14 @@ use crate::config::{AddressPlan, Ipv6Plan, Limits};
 use crate::flow::addr::{AddressMap, Route};
 use crate::flow::icmp::{self, EchoFlow, EchoKey};
 use crate::flow::policy::{self, Policy};
+use crate::flow::splice::{Outcome, Relay, Side};
 use crate::flow::tcp::{
     BufferBudget, ConnectFailure, HostSide, Verdict, is_resource_exhaustion, new_socket, pump,
     single_set,
 };
 use crate::flow::udp::{self, UdpFlow, UdpKind};
 use crate::forward::spec::{PortForward, Proto};
+use crate::namespace::factory::SocketFactory;
 use crate::service::dhcp::DhcpServer;
 use crate::service::dns::DnsRelay;
 use crate::service::ra::RaSchedule;
@@ -55,6 +57,7 @@ use crate::stack::device::{self, Device, MAX_FRAME, TxQueue, VNET_HDR_LEN};
 use crate::stack::frame::{self, FlowKey, GuestFrame, Link};
 use crate::stack::pcap::PcapSink;
 use crate::stats::{DropReason, Stats};
+use crate::sys::splice::SplicedSockets;
 
 /// Errors that stop the network before or while it runs.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,10 @@ const KIND_UDP: usize = 2;
 const KIND_ICMP: usize = 3;
 const KIND_LISTENER: usize = 4;
 const KIND_API: usize = 5;
+/// The host client's socket of a spliced forward.
+const KIND_SPLICE_HOST: usize = 6;
+/// The socket inside the guest's namespace of a spliced forward.
+const KIND_SPLICE_GUEST: usize = 7;
 
 fn token(kind: usize, index: usize) -> Token {
     Token((kind << KIND_SHIFT) | index)
@@ -143,6 +150,19 @@ struct TcpConn {
     dirty: bool,
     /// The earliest smoltcp deadline queued in the timer heap for this flow.
     timer: Option<smoltcp::time::Instant>,
+}
+
+/// A forward from a host client on loopback spliced to the guest's own loopback
+/// (`flow::splice`).
+struct SplicedConn {
+    io: SplicedSockets<mio::net::TcpStream>,
+    relay: Relay,
+    /// The connect to the guest's loopback has not finished.
+    connecting: bool,
+    /// Where the TAP path would deliver the client, should the guest's loopback refuse it.
+    guest: Ipv4Addr,
+    guest_port: u16,
+    client: SocketAddr,
 }
 
 enum ListenerSocket {
@@ -199,6 +219,10 @@ pub struct Network {
     icmp_index: HashMap<EchoKey, usize>,
     listeners: Slab<Listener>,
     next_forward_id: u64,
+    /// Forwards from host loopback clients, spliced to the guest's loopback.
+    splices: Slab<SplicedConn>,
+    /// Makes sockets in the guest's namespace; `None` when splicing is off or failed.
+    factory: Option<SocketFactory>,
     dns: DnsRelay,
     dns_socket: mio::net::UdpSocket,
     next_sweep: Instant,
@@ -305,6 +329,8 @@ impl Network {
             icmp_index: HashMap::new(),
             listeners: Slab::new(),
             next_forward_id: 1,
+            splices: Slab::new(),
+            factory: None,
             dns,
             dns_socket,
             next_sweep: now + Duration::from_secs(1),
@@ -1012,6 +1038,8 @@ impl Network {
             KIND_UDP => self.udp_ready(now, index),
             KIND_ICMP => self.icmp_ready(now, index),
             KIND_LISTENER => self.listener_ready(now, index),
+            KIND_SPLICE_HOST => self.splice_ready(index, Side::Host, readable, writable),
+            KIND_SPLICE_GUEST => self.splice_ready(index, Side::Guest, readable, writable),
             _ => {}
         }
     }
@@ -1302,44 +1330,193 @@ impl Network {
                     return;
                 }
             };
-            if self.tcp.len() >= self.limits.max_tcp_flows {
+            if self.tcp.len() + self.splices.len() >= self.limits.max_tcp_flows {
                 self.stats.drop(DropReason::TcpFlowLimit);
                 continue;
             }
-            let Some(ring) = self.buffers.grant(self.tcp.len()) else {
-                self.stats.drop(DropReason::TcpBufferLimit);
-                continue;
-            };
             let _ = host.set_nodelay(true);
-            let key = self.inbound_key(guest_ip, guest_port, client, false);
-            let mut socket = new_socket(ring);
-            let local = (IpAddress::from(key.remote.ip()), key.remote.port());
-            let remote = (IpAddress::from(key.guest.ip()), key.guest.port());
-            if socket.connect(self.iface.context(), remote, local).is_err() {
-                self.buffers.release(ring);
-                continue;
-            }
-            let side = HostSide {
-                readable: true,
-                writable: true,
-                ..HostSide::default()
+            let host = match self.splice_forward(host, client, guest_ip, guest_port) {
+                Ok(()) => continue,
+                Err(host) => host,
             };
-            let Some(id) = self.insert_tcp(key, socket, ring, host, side, false) else {
-                self.buffers.release(ring);
-                continue;
-            };
-            self.mark_dirty(id);
-            // smoltcp may have to ask for the guest's MAC (its cache expires): the ARP reply
-            // should release the SYN at once rather than after smoltcp's 1 s back-off.
-            if self.awaiting_mac.len() >= 4096 {
-                self.awaiting_mac.drain(..2048);
-            }
-            self.awaiting_mac.push(id);
-            log::debug!(
-                "forward {client} -> guest port {guest_port} as {}",
-                key.remote
-            );
+            self.forward_through_stack(host, client, guest_ip, guest_port);
         }
+    }
+
+    /// Carries an accepted forward through smoltcp and the TAP: the guest sees `client` (or
+    /// the gateway, for a loopback client) connect to `guest_ip:guest_port`.
+    fn forward_through_stack(
+        &mut self,
+        host: mio::net::TcpStream,
+        client: SocketAddr,
+        guest_ip: Ipv4Addr,
+        guest_port: u16,
+    ) {
+        let Some(ring) = self.buffers.grant(self.tcp.len()) else {
+            self.stats.drop(DropReason::TcpBufferLimit);
+            return;
+        };
+        let key = self.inbound_key(guest_ip, guest_port, client, false);
+        let mut socket = new_socket(ring);
+        let local = (IpAddress::from(key.remote.ip()), key.remote.port());
+        let remote = (IpAddress::from(key.guest.ip()), key.guest.port());
+        if socket.connect(self.iface.context(), remote, local).is_err() {
+            self.buffers.release(ring);
+            return;
+        }
+        let side = HostSide {
+            readable: true,
+            writable: true,
+            ..HostSide::default()
+        };
+        let Some(id) = self.insert_tcp(key, socket, ring, host, side, false) else {
+            self.buffers.release(ring);
+            return;
+        };
+        self.mark_dirty(id);
+        // smoltcp may have to ask for the guest's MAC (its cache expires): the ARP reply
+        // should release the SYN at once rather than after smoltcp's 1 s back-off.
+        if self.awaiting_mac.len() >= 4096 {
+            self.awaiting_mac.drain(..2048);
+        }
+        self.awaiting_mac.push(id);
+        log::debug!(
+            "forward {client} -> guest port {guest_port} as {}",
+            key.remote
+        );
+    }
+
+    /// Joins a loopback client straight to the guest's 127.0.0.1 (see `flow::splice`), or
+    /// gives the host socket back when that is not for this client or cannot be done.
+    fn splice_forward(
+        &mut self,
+        host: mio::net::TcpStream,
+        client: SocketAddr,
+        guest_ip: Ipv4Addr,
+        guest_port: u16,
+    ) -> Result<(), mio::net::TcpStream> {
+        let loopback = match client.ip() {
+            IpAddr::V4(v4) => v4.is_loopback(),
+            IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+        };
+        let Some(factory) = self.factory.as_ref().filter(|_| loopback) else {
+            return Err(host);
+        };
+        let fd = match factory.tcp_socket(false) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::warn!(
+                    "forwards from the host's loopback go through the TAP from now on: the \
+                     socket factory in the guest's namespace failed ({e})"
+                );
+                self.factory = None;
+                return Err(host);
+            }
+        };
+        let guest = mio::net::TcpStream::from_std(std::net::TcpStream::from(fd));
+        let _ = guest.set_nodelay(true);
+        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, guest_port));
+        let connecting = match socket2::SockRef::from(&guest).connect(&target.into()) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+            Err(e) => {
+                log::debug!("forward {client} -> guest {target}: {e}; through the TAP instead");
+                return Err(host);
+            }
+        };
+        let mut io = SplicedSockets::new(host, guest).map_err(|(e, host)| {
+            log::debug!("forward {client}: no pipes for a splice ({e})");
+            host
+        })?;
+        let entry = self.splices.vacant_entry();
+        let id = entry.key();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self
+            .registry
+            .register(&mut io.host, token(KIND_SPLICE_HOST, id), both)
+            .and_then(|()| {
+                self.registry
+                    .register(&mut io.guest, token(KIND_SPLICE_GUEST, id), both)
+            })
+        {
+            log::debug!("forward {client}: cannot watch the spliced sockets ({e})");
+            let _ = self.registry.deregister(&mut io.guest);
+            let mut host = io.into_host();
+            let _ = self.registry.deregister(&mut host);
+            return Err(host);
+        }
+        let relay = Relay::new(io.pipe_size());
+        entry.insert(SplicedConn {
+            io,
+            relay,
+            connecting,
+            guest: guest_ip,
+            guest_port,
+            client,
+        });
+        self.stats.tcp_spliced += 1;
+        log::debug!("forward {client} -> guest {target}: spliced");
+        if !connecting {
+            self.splice_ready(id, Side::Guest, false, false);
+        }
+        Ok(())
+    }
+
+    fn splice_ready(&mut self, id: usize, side: Side, readable: bool, writable: bool) {
+        let Some(conn) = self.splices.get_mut(id) else {
+            return;
+        };
+        conn.relay.ready(side, readable, writable);
+        if conn.connecting {
+            if side == Side::Host {
+                return;
+            }
+            match conn.io.guest.take_error() {
+                Ok(None) => match conn.io.guest.peer_addr() {
+                    Ok(_) => conn.connecting = false,
+                    Err(e) if e.kind() == ErrorKind::NotConnected => return,
+                    Err(_) => return self.splice_refused(id),
+                },
+                Ok(Some(_)) | Err(_) => return self.splice_refused(id),
+            }
+        }
+        match conn.relay.pump(&mut conn.io) {
+            Outcome::Open => {}
+            Outcome::Done => self.close_splice(id, false),
+            Outcome::Reset => self.close_splice(id, true),
+        }
+    }
+
+    /// The guest's loopback refused (its server listens on its TAP address only, say): the
+    /// client goes through the TAP after all. Nothing was read from it yet.
+    fn splice_refused(&mut self, id: usize) {
+        let mut conn = self.splices.remove(id);
+        let _ = self.registry.deregister(&mut conn.io.guest);
+        let mut host = conn.io.into_host();
+        let _ = self.registry.deregister(&mut host);
+        log::debug!(
+            "forward {} -> guest 127.0.0.1:{} refused; through the TAP instead",
+            conn.client,
+            conn.guest_port
+        );
+        self.forward_through_stack(host, conn.client, conn.guest, conn.guest_port);
+    }
+
+    fn close_splice(&mut self, id: usize, reset: bool) {
+        let mut conn = self.splices.remove(id);
+        for sock in [&mut conn.io.host, &mut conn.io.guest] {
+            let _ = self.registry.deregister(sock);
+            if reset {
+                let _ = socket2::SockRef::from(&*sock).set_linger(Some(Duration::ZERO));
+            }
+        }
+        log::debug!(
+            "forward {} spliced: closed{}",
+            conn.client,
+            if reset { " (reset)" } else { "" }
+        );
     }
 
     fn forward_udp(&mut self, now: Instant, index: usize) {
@@ -1570,6 +1747,8 @@ impl crate::api::server::ForwardTable for Network {
             ("tcp_closed", s.tcp_closed),
             ("tcp_small_buffers", s.tcp_small_buffers),
             ("tcp_buffer_bytes", self.buffers.committed() as u64),
+            ("tcp_spliced_open", self.splices.len() as u64),
+            ("tcp_spliced", s.tcp_spliced),
             ("udp_open", self.udp.len() as u64),
             ("udp_opened", s.udp_opened),
             ("icmp_open", self.icmp.len() as u64),
@@ -1688,8 +1867,14 @@ pub enum Ending {
 /// When the command exits, the loop goes on (for at most [`DRAIN_LIMIT`]) until every byte
 /// the guest sent has been written to its host socket: tapir acknowledged those bytes, so the
 /// guest believes them delivered.
-pub fn run(tap: OwnedFd, child: Pid, config: &NetworkConfig) -> Result<WaitStatus, LoopError> {
-    match serve(tap, config, Lifetime::Child(child), None, || Ok(()))? {
+pub fn run(
+    tap: OwnedFd,
+    child: Pid,
+    config: &NetworkConfig,
+    factory: Option<SocketFactory>,
+) -> Result<WaitStatus, LoopError> {
+    let lifetime = Lifetime::Child(child);
+    match serve_with(tap, config, lifetime, None, factory, || Ok(()))? {
         Ending::Child(status) => Ok(status),
         _ => Ok(WaitStatus::StillAlive),
     }
@@ -1705,7 +1890,20 @@ pub fn serve(
     api: Option<ApiServer>,
     ready: impl FnOnce() -> Result<(), String>,
 ) -> Result<Ending, LoopError> {
+    serve_with(tap, config, lifetime, api, None, ready)
+}
+
+/// [`serve`], with spliced forwards when there is a socket factory in the guest's namespace.
+fn serve_with(
+    tap: OwnedFd,
+    config: &NetworkConfig,
+    lifetime: Lifetime,
+    api: Option<ApiServer>,
+    factory: Option<SocketFactory>,
+    ready: impl FnOnce() -> Result<(), String>,
+) -> Result<Ending, LoopError> {
     let mut driver = Driver::new(tap, config, lifetime, api)?;
+    driver.net.factory = factory;
     ready().map_err(LoopError::Ready)?;
     let mut ending = driver.initial_ending();
     while ending.is_none() {

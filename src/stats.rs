@@ -115,6 +115,8 @@ pub struct Stats {
     pub tcp_closed: u64,
     /// TCP flows opened with buffers smaller than `Limits::tcp_buffer` (the total was near).
     pub tcp_small_buffers: u64,
+    /// Forwards from host loopback clients spliced to the guest's loopback (`flow::splice`).
+    pub tcp_spliced: u64,
     pub udp_opened: u64,
     pub icmp_opened: u64,
 }
@@ -140,11 +142,12 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "frames in {} out {}, tcp flows {} opened {} closed, udp {} opened, icmp {} opened",
+            "frames in {} out {}, tcp flows {} opened {} closed, {} spliced, udp {} opened, icmp {} opened",
             self.frames_in,
             self.frames_out,
             self.tcp_opened,
             self.tcp_closed,
+            self.tcp_spliced,
             self.udp_opened,
             self.icmp_opened,
         )?;

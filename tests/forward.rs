@@ -87,7 +87,8 @@ fn slirp4netns_reference_forwards() {
 
 /// Beyond slirp4netns: a forward listening on an IPv6 host address (the connection reaches the
 /// guest's IPv4 address), and a client that is not on the host's loopback keeps its own address
-/// as the source the guest sees (loopback clients appear as 10.0.2.2, as with slirp4netns).
+/// as the source the guest sees. A client on the host's loopback is spliced to the guest's
+/// own loopback (it appears as 127.0.0.1, as with pasta).
 #[test]
 fn ipv6_host_address_and_real_client_source() {
     World::tapir("forward_v6_source")
@@ -106,11 +107,71 @@ guest_pid=$!
 wait_ready "$W/tmp/guest-ready" "$guest_pid"
 wait_port tcp 18091
 out=$(timeout 10 socat -t 5 - 'TCP6:[::1]:18090' </dev/null)
-check_eq "what the guest saw of a client on the host's ::1" "$out" "peer 10.0.2.2"
+check_eq "what the guest saw of a client on the host's ::1" "$out" "peer 127.0.0.1"
 out=$(in_remote timeout 10 socat -t 5 - TCP:198.51.100.1:18091 </dev/null)
 check_eq "what the guest saw of a client on the remote host" "$out" "peer 198.51.100.10"
 touch "$W/tmp/host-done"
 wait "$guest_pid"
+"#,
+        );
+}
+
+/// Loopback clients and the splice: spliced to the guest's 127.0.0.1 by default; through the
+/// TAP (appearing as 10.0.2.2) when the guest's server does not listen on its loopback, and
+/// with `--no-splice`. A shell's `wait` in the guest does not wait for tapir's socket factory,
+/// and the factory is gone once tapir is.
+#[test]
+fn loopback_clients_are_spliced_unless_refused_or_turned_off() {
+    World::tapir("forward_splice")
+        .needs(&["socat", "python3"])
+        .run_ok(
+            r#"
+guest_servers='
+actor tcp-whoami 0.0.0.0 8000 >"$W/tmp/whoami.log" 2>&1 &
+actor tcp-whoami 10.0.2.100 8002 >"$W/tmp/whoami2.log" 2>&1 &
+until [ -n "$(ss -Hltn "sport = :8000")" ] && [ -n "$(ss -Hltn "sport = :8002")" ]; do sleep 0.05; done
+touch "$W/tmp/guest-ready"
+until [ -e "$W/tmp/host-done" ]; do sleep 0.05; done
+kill $(jobs -p)'
+for mode in splice no-splice; do
+    rm -f "$W/tmp/guest-ready" "$W/tmp/host-done"
+    flags=()
+    [ $mode = no-splice ] && flags=(--no-splice)
+    start guest tapir_run "${flags[@]}" -p 127.0.0.1:18090:8000 -p 127.0.0.1:18092:8002 \
+        -- bash -c "$guest_servers"
+    guest_pid=$!
+    wait_ready "$W/tmp/guest-ready" "$guest_pid"
+    wait_port tcp 18090
+    want="peer 127.0.0.1"
+    [ $mode = no-splice ] && want="peer 10.0.2.2"
+    for i in 1 2 3; do
+        out=$(timeout 10 socat -t 5 - TCP:127.0.0.1:18090 </dev/null)
+        check_eq "$mode: what the guest's 0.0.0.0 server saw of a host loopback client" "$out" "$want"
+    done
+    out=$(timeout 10 socat -t 5 - TCP:127.0.0.1:18092 </dev/null)
+    check_eq "$mode: what a server on 10.0.2.100 only saw of a host loopback client" "$out" "peer 10.0.2.2"
+    if [ $mode = splice ]; then
+        # The guest can kill the factory (it runs as the guest's root): forwards go on,
+        # through the TAP. The factory is the session leader among these runs' processes.
+        factory=$(ps -u 65534 -o pid=,sid=,args= | awk '$1 == $2 && /18090:8000/ { print $1 }')
+        [ -n "$factory" ] || fail "no socket factory among: $(ps -u 65534 -o pid=,sid=,args=)"
+        kill -9 $factory
+        out=$(timeout 10 socat -t 5 - TCP:127.0.0.1:18090 </dev/null)
+        check_eq "what the guest saw of a loopback client once the factory was killed" "$out" "peer 10.0.2.2"
+    fi
+    touch "$W/tmp/host-done"
+    wait "$guest_pid"
+done
+
+# With a TCP forward the factory exists; the command's own `wait` must not wait for it.
+start waiter tapir_run -p 127.0.0.1:18094:8000 -- bash -c 'sleep 0.2 & wait; echo waited'
+waiter_pid=$!
+rc=0
+timeout 10 tail --pid="$waiter_pid" -f /dev/null || rc=$?
+check_eq "the guest shell's wait returned (timeout's status)" "$rc" 0
+sleep 0.5
+left=$(pgrep -u 65534 -f "127.0.0.1:1809[04]:8000" || true)
+check_eq "processes of these tapir runs left after them" "$left" ""
 "#,
         );
 }

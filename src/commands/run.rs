@@ -55,6 +55,12 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     let command = GuestCommand {
         argv: args.command,
         resolv_conf: format!("nameserver {}\n", plan.dns),
+        // Only published TCP ports use it.
+        socket_factory: !args.no_splice
+            && config
+                .forwards
+                .iter()
+                .any(|f| f.proto == crate::forward::spec::Proto::Tcp),
     };
     let tap = TapConfig {
         mac: None,
@@ -66,6 +72,6 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     let guest = namespace::spawn(&command, &tap)?;
     // After the spawn: the command keeps the limits it was given.
     crate::sys::raise_fd_limit();
-    let status = event_loop::run(guest.tap, guest.pid, &config)?;
+    let status = event_loop::run(guest.tap, guest.pid, &config, guest.factory)?;
     Ok(namespace::wait_status_code(status))
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::wait::{WaitStatus, waitpid};
 
 use super::idmap::{self, CallerIds};
 use super::{ChildError, TapConfig};
@@ -25,12 +26,17 @@ use crate::sys::tap::open_tap;
 
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
+/// The payload that marks the socket factory's fd, after the TAP's.
+pub(super) const FACTORY_PAYLOAD: &[u8] = b"socket factory";
+
 /// Everything `spawn`'s child needs, prepared before the fork.
 pub(super) struct GuestSetup<'a> {
     pub argv: &'a [CString],
     pub resolv_conf: &'a str,
     pub tap: &'a TapConfig,
     pub ids: CallerIds,
+    /// Leave a socket factory behind in the namespace (`super::factory`).
+    pub socket_factory: bool,
 }
 
 /// A namespace file opened by the parent, to be joined by the child.
@@ -87,6 +93,9 @@ fn enter_and_exec(
     fdpass::send_fd(sock, tap.as_fd(), setup.tap.name.as_bytes())?;
     // The guest must not hold the TAP: when tapir exits, the device should go with it.
     drop(tap);
+    if setup.socket_factory {
+        start_factory(sock);
+    }
 
     replace_resolv_conf(setup.resolv_conf)?;
 
@@ -104,6 +113,27 @@ fn enter_and_exec(
         cmd: cmd.to_string_lossy().into_owned(),
         cause: cause.into(),
     })
+}
+
+/// Forks the socket factory (through a middle process that exits at once, so the factory is
+/// not the command's child) and sends tapir its end. Spliced forwards are an optimisation: if
+/// this fails, tapir gets no factory and carries every forward through the TAP.
+fn start_factory(sock: BorrowedFd<'_>) {
+    let Ok((ours, theirs)) = fdpass::seqpacket_pair() else {
+        return;
+    };
+    let middle = crate::sys::fork_child(move || {
+        match crate::sys::fork_child(move || super::factory::serve(theirs)) {
+            Ok(_) => 0,
+            Err(_) => 1,
+        }
+    });
+    match middle {
+        Ok(pid) if matches!(waitpid(pid, None), Ok(WaitStatus::Exited(_, 0))) => {
+            let _ = fdpass::send_fd(sock, ours.as_fd(), FACTORY_PAYLOAD);
+        }
+        _ => {}
+    }
 }
 
 /// Whether a PATH lookup of `cmd` finds a file at all. glibc's execvp reports EACCES when any

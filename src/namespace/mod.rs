@@ -23,6 +23,7 @@
 //! child are typed there ([`ChildError`]) and cross the process boundary as their sentence.
 
 mod child;
+pub mod factory;
 pub mod idmap;
 
 use std::ffi::{CString, OsString};
@@ -60,6 +61,8 @@ pub struct GuestCommand {
     pub argv: Vec<OsString>,
     /// contents bind-mounted over /etc/resolv.conf in the guest
     pub resolv_conf: String,
+    /// Leave a socket factory in the guest's namespace, for spliced forwards.
+    pub socket_factory: bool,
 }
 
 /// A running guest: its TAP (non-blocking, close-on-exec) and its pid, to be reaped by the
@@ -68,6 +71,8 @@ pub struct GuestCommand {
 pub struct Guest {
     pub tap: OwnedFd,
     pub pid: Pid,
+    /// Makes sockets inside the guest's namespace, when asked for and started.
+    pub factory: Option<factory::SocketFactory>,
 }
 
 /// An existing namespace to attach a TAP to (slirp4netns's `PID` and `--netns-type=path`).
@@ -190,6 +195,7 @@ pub fn spawn(cmd: &GuestCommand, tap: &TapConfig) -> Result<Guest, NamespaceErro
         resolv_conf: &cmd.resolv_conf,
         tap,
         ids,
+        socket_factory: cmd.socket_factory,
     };
     let pid = crate::sys::fork_child(|| child::run_guest(child_sock.as_fd(), &guest))
         .map_err(NamespaceError::Fork)?;
@@ -200,16 +206,26 @@ pub fn spawn(cmd: &GuestCommand, tap: &TapConfig) -> Result<Guest, NamespaceErro
         Ok(Received::Fd { fd, .. }) => fd,
         other => return Err(child_failed(pid, other)),
     };
-    match fdpass::recv(parent_sock.as_fd()) {
-        Ok(Received::Closed) => {
-            log::info!(
-                "started {:?} as pid {pid} with TAP {}",
-                cmd.argv[0],
-                tap.name
-            );
-            Ok(Guest { tap: tap_fd, pid })
+    let mut factory = None;
+    loop {
+        match fdpass::recv(parent_sock.as_fd()) {
+            Ok(Received::Fd { fd, payload }) if payload == child::FACTORY_PAYLOAD => {
+                factory = Some(factory::SocketFactory::new(fd));
+            }
+            Ok(Received::Closed) => {
+                log::info!(
+                    "started {:?} as pid {pid} with TAP {}",
+                    cmd.argv[0],
+                    tap.name
+                );
+                return Ok(Guest {
+                    tap: tap_fd,
+                    pid,
+                    factory,
+                });
+            }
+            other => return Err(child_failed(pid, other)),
         }
-        other => Err(child_failed(pid, other)),
     }
 }
 
@@ -429,6 +445,7 @@ mod test {
         let cmd = GuestCommand {
             argv: ["sh", "-c", script].iter().map(OsString::from).collect(),
             resolv_conf: "nameserver 10.0.2.3\n".into(),
+            socket_factory: false,
         };
         let guest = spawn(&cmd, &tap_config()).unwrap();
         let status = waitpid(guest.pid, None).unwrap();
