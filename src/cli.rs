@@ -174,6 +174,11 @@ pub struct RunArgs {
     /// Write every frame on the guest's TAP to this file (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Do not confine tapir's network process. By default, once the command runs and every
+    /// socket and file tapir needs is open, it moves into an empty filesystem of its own, sets
+    /// no_new_privs and installs a seccomp allow-list (see README). For debugging.
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// The command to run, and its arguments. (Checked by `commands::run`, so that a missing
     /// command gets one sentence rather than clap's usage block.)
     #[arg(trailing_var_arg = true, value_name = "CMD")]

@@ -1701,21 +1701,13 @@ pub enum Ending {
     GuestGone,
 }
 
-/// Runs the network for a guest command until it exits; returns its wait status.
-///
-/// When the command exits, the loop goes on (for at most [`DRAIN_LIMIT`]) until every byte
-/// the guest sent has been written to its host socket: tapir acknowledged those bytes, so the
-/// guest believes them delivered.
-pub fn run(tap: OwnedFd, child: Pid, config: &NetworkConfig) -> Result<WaitStatus, LoopError> {
-    match serve(tap, config, Lifetime::Child(child), None, || Ok(()))? {
-        Ending::Child(status) => Ok(status),
-        _ => Ok(WaitStatus::StillAlive),
-    }
-}
-
 /// Runs the network until `lifetime` ends. `api` (the slirp4netns JSON socket) is served from
 /// the same loop; `ready` is called once everything is open and listens, before the first
 /// wait (the place to confine the process and then tell the caller); its error stops tapir.
+///
+/// With [`Lifetime::Child`], when the command exits the loop goes on (for at most
+/// [`DRAIN_LIMIT`]) until every byte the guest sent has been written to its host socket: tapir
+/// acknowledged those bytes, so the guest believes them delivered.
 pub fn serve(
     tap: OwnedFd,
     config: &NetworkConfig,
