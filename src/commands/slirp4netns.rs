@@ -64,11 +64,6 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
     for warning in &opts.warnings {
         println!("{warning}");
     }
-    if opts.enable_sandbox || opts.enable_seccomp {
-        log::info!(
-            "--enable-sandbox/--enable-seccomp: accepted; tapir does not confine itself yet"
-        );
-    }
     let plan = opts.plan;
     let target = match (&opts.target, &opts.userns_path) {
         (Target::Pid(pid), None) => AttachTarget::Pid(*pid),
