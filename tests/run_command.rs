@@ -129,8 +129,8 @@ check_eq "tapir processes left" "$(pgrep -c -x tapir || true)" 0
 /// `tapir run` confines its network process once the command runs: no_new_privs, a seccomp
 /// filter, and a root directory with nothing in it, in mount and user namespaces of its own
 /// (tapir runs as uid 65534 here, so the mount namespace needs the user namespace). The
-/// network still carries a fetch from the host's loopback made after the checks, and the
-/// command's exit status still comes back. `--no-sandbox` leaves tapir as it started. When
+/// network still carries a fetch from the host's loopback made after the checks, the
+/// command's exit status still comes back, and SIGTERM still reaches the command. `--no-sandbox` leaves tapir as it started. When
 /// the network cannot start once the command runs, the command does not run on without it.
 #[test]
 fn run_confines_its_network_process() {
@@ -163,6 +163,16 @@ rc=0
 wait "$GP" || rc=$?
 check_eq "the command's exit status through a confined tapir" "$rc" 3
 check_eq "fetched through a confined tapir" "$(cat "$W/tmp/fetched")" "served to a confined tapir"
+
+# A termination signal to the confined tapir is passed on to the command (kill), whose end
+# tapir still sees and reaps (wait4): tapir exits as the command did, 128 + SIGTERM.
+guest_after_checks
+wait_until 10 "tapir to install its filter" grep -q $'^Seccomp:\t2' "/proc/$TP/status"
+kill -TERM "$TP"
+rc=0
+wait "$GP" || rc=$?
+check_eq "the status of a confined tapir sent SIGTERM" "$rc" 143
+check_eq "the fetch of a command that was terminated" "$(cat "$W/tmp/fetched")" ""
 
 TAPIR_ARGS=(--no-sandbox)
 guest_after_checks
