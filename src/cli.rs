@@ -171,13 +171,19 @@ pub struct RunArgs {
     /// Change a resource limit: tcp-flows (16384), tcp-pending (1024, host connects under
     /// way), tcp-buffer (bytes per direction per flow, 1048576),
     /// tcp-buffer-total (all TCP buffers together, 268435456), udp-flows (4096),
-    /// udp-idle-secs (60), icmp-flows (256), icmp-idle-secs (10), tx-frames (1024, frames
-    /// queued towards the guest). Repeatable.
+    /// udp-idle-secs (60), icmp-flows (256), icmp-idle-secs (10), icmp-rate (1000, echo
+    /// requests a second to the host, all flows together), tx-frames (1024, frames queued
+    /// towards the guest). Repeatable.
     #[arg(long = "limit", value_name = "NAME=N")]
     pub limits: Vec<String>,
     /// Write every frame on the guest's TAP to this file (pcap format).
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Do not confine tapir's network process. By default, once the command runs and every
+    /// socket and file tapir needs is open, it moves into an empty filesystem of its own, sets
+    /// no_new_privs and installs a seccomp allow-list (see README). For debugging.
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// The command to run, and its arguments. (Checked by `commands::run`, so that a missing
     /// command gets one sentence rather than clap's usage block.)
     #[arg(trailing_var_arg = true, value_name = "CMD")]

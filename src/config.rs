@@ -220,6 +220,9 @@ pub struct Limits {
     pub max_icmp_flows: usize,
     /// An ICMP echo flow without traffic for this long is closed.
     pub icmp_idle: Duration,
+    /// Echo requests a second the guest may send to the host, all flows together (see
+    /// [`crate::flow::icmp::EchoRate`]).
+    pub icmp_rate: u32,
     /// Frames queued towards the guest before further ones are dropped.
     pub max_tx_frames: usize,
 }
@@ -237,6 +240,9 @@ impl Default for Limits {
             udp_idle: Duration::from_secs(60),
             max_icmp_flows: 256,
             icmp_idle: Duration::from_secs(10),
+            // The kernel's own global ICMP rate (net.ipv4.icmp_msgs_per_sec): far above any
+            // ping a person runs (`ping -f` waits for each reply), far below a flood.
+            icmp_rate: 1000,
             max_tx_frames: 1024,
         }
     }
@@ -244,7 +250,7 @@ impl Default for Limits {
 
 impl Limits {
     /// The names `--limit NAME=N` takes, in the order `--help` lists them.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "tcp-flows",
         "tcp-pending",
         "tcp-buffer",
@@ -253,6 +259,7 @@ impl Limits {
         "udp-idle-secs",
         "icmp-flows",
         "icmp-idle-secs",
+        "icmp-rate",
         "tx-frames",
     ];
 
@@ -275,6 +282,8 @@ impl Limits {
             "udp-idle-secs" => ("udp-idle-secs", 1, 86400),
             "icmp-flows" => ("icmp-flows", 1, 1 << 16),
             "icmp-idle-secs" => ("icmp-idle-secs", 1, 86400),
+            // 0 is refused rather than meaning "off": a rate of 2^20 a second is off in effect.
+            "icmp-rate" => ("icmp-rate", 1, 1 << 20),
             "tx-frames" => ("tx-frames", 16, 1 << 16),
             _ => return Err(ConfigError::LimitName(spec.to_string())),
         };
@@ -299,6 +308,7 @@ impl Limits {
             "udp-idle-secs" => self.udp_idle = Duration::from_secs(n),
             "icmp-flows" => self.max_icmp_flows = count,
             "icmp-idle-secs" => self.icmp_idle = Duration::from_secs(n),
+            "icmp-rate" => self.icmp_rate = u32::try_from(n).unwrap_or(u32::MAX),
             _ => self.max_tx_frames = count,
         }
         Ok(())
@@ -334,6 +344,7 @@ mod test {
             "udp-idle-secs=5",
             "icmp-flows=4",
             "icmp-idle-secs=2",
+            "icmp-rate=5",
             "tx-frames=128",
             "tcp-flows=65",
         ])
@@ -345,6 +356,7 @@ mod test {
         assert_eq!(l.udp_idle, Duration::from_secs(5));
         assert_eq!(l.max_icmp_flows, 4);
         assert_eq!(l.icmp_idle, Duration::from_secs(2));
+        assert_eq!(l.icmp_rate, 5);
         assert_eq!(l.max_tx_frames, 128);
         assert_eq!(Limits::from_specs::<&str>(&[]).unwrap(), Limits::default());
     }
@@ -370,6 +382,8 @@ mod test {
             "tcp-buffer=100",
             "tx-frames=99999999999999999999999",
             "udp-idle-secs=0",
+            "icmp-rate=0",
+            "icmp-rate=1048577",
         ] {
             let e = Limits::from_specs(&[bad]).unwrap_err();
             assert!(

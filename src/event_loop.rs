@@ -40,7 +40,7 @@ use smoltcp::wire::{
 use crate::api::server::ApiServer;
 use crate::config::{AddressPlan, Ipv6Plan, Limits};
 use crate::flow::addr::{AddressMap, Route};
-use crate::flow::icmp::{self, EchoFlow, EchoKey};
+use crate::flow::icmp::{self, EchoFlow, EchoKey, EchoRate};
 use crate::flow::policy::{self, Policy};
 use crate::flow::splice::{Outcome, Relay, Side};
 use crate::flow::tcp::{
@@ -217,6 +217,7 @@ pub struct Network {
     udp_inbound: HashMap<(usize, SocketAddr), usize>,
     icmp: Slab<EchoFlow>,
     icmp_index: HashMap<EchoKey, usize>,
+    echo_rate: EchoRate,
     listeners: Slab<Listener>,
     next_forward_id: u64,
     /// Forwards from host loopback clients, spliced to the guest's loopback.
@@ -327,6 +328,7 @@ impl Network {
             udp_inbound: HashMap::new(),
             icmp: Slab::new(),
             icmp_index: HashMap::new(),
+            echo_rate: EchoRate::new(config.limits.icmp_rate),
             listeners: Slab::new(),
             next_forward_id: 1,
             splices: Slab::new(),
@@ -913,6 +915,12 @@ impl Network {
 
     /// ICMP destination unreachable (of the kind `why` names) from `from` about `packet`, an
     /// IP packet the guest sent. `ConnectFailure::Reset` is not an ICMP error: nothing is sent.
+    ///
+    /// These need no rate of their own: each answers one packet of the guest's (a refused
+    /// segment, datagram or ping, or a SYN whose host connect failed), goes only to the guest,
+    /// never to the host, and waits in the bounded queue towards it (`tx-frames`, counted as
+    /// `limit_tx_queue` when full). A guest flooding refused addresses gets at most one error
+    /// per packet it sent, quoting at most [`MAX_QUOTED_SYN`] or the IPv4 header and 8 bytes.
     fn unreachable(&mut self, packet: &[u8], from: IpAddr, why: ConnectFailure) {
         let Some(link) = self.link() else { return };
         let (v4, v6) = match why {
@@ -979,21 +987,30 @@ impl Network {
         };
         let key = EchoKey { ident, src, dst };
         let existing = self.icmp_index.get(&key).copied();
-        let id = match existing {
-            Some(id) => id,
-            None if !self.allowed(
+        let previous = existing.map(|id| {
+            let flow = &mut self.icmp[id];
+            std::mem::replace(&mut flow.last_request, now)
+        });
+        if existing.is_none() {
+            if !self.allowed(
                 policy::Proto::Icmp,
                 SocketAddr::new(src, 0),
                 SocketAddr::new(dst, 0),
                 addr,
-            ) =>
-            {
+            ) {
                 return self.prohibit(frame, dst);
             }
+            // Before the rate: a request no flow can carry must not take a token.
+            if self.icmp.len() >= self.limits.max_icmp_flows {
+                return self.stats.drop(DropReason::IcmpFlowLimit);
+            }
+        }
+        if !self.echo_rate.admit(now, previous) {
+            return self.stats.drop(DropReason::IcmpRateLimit);
+        }
+        let id = match existing {
+            Some(id) => id,
             None => {
-                if self.icmp.len() >= self.limits.max_icmp_flows {
-                    return self.stats.drop(DropReason::IcmpFlowLimit);
-                }
                 let entry = self.icmp.vacant_entry();
                 let id = entry.key();
                 let socket = icmp::connect(addr.ip()).and_then(|mut s| {
@@ -1007,6 +1024,7 @@ impl Network {
                             key,
                             socket,
                             last_active: now,
+                            last_request: now,
                         });
                     }
                     Err(e) => {
@@ -1862,39 +1880,16 @@ pub enum Ending {
     GuestGone,
 }
 
-/// Runs the network for a guest command until it exits; returns its wait status.
-///
-/// When the command exits, the loop goes on (for at most [`DRAIN_LIMIT`]) until every byte
-/// the guest sent has been written to its host socket: tapir acknowledged those bytes, so the
-/// guest believes them delivered.
-pub fn run(
-    tap: OwnedFd,
-    child: Pid,
-    config: &NetworkConfig,
-    factory: Option<SocketFactory>,
-) -> Result<WaitStatus, LoopError> {
-    let lifetime = Lifetime::Child(child);
-    match serve_with(tap, config, lifetime, None, factory, || Ok(()))? {
-        Ending::Child(status) => Ok(status),
-        _ => Ok(WaitStatus::StillAlive),
-    }
-}
-
 /// Runs the network until `lifetime` ends. `api` (the slirp4netns JSON socket) is served from
 /// the same loop; `ready` is called once everything is open and listens, before the first
 /// wait (the place to confine the process and then tell the caller); its error stops tapir.
+/// With a socket `factory` in the guest's namespace, loopback clients of TCP forwards are
+/// spliced (`flow::splice`).
+///
+/// With [`Lifetime::Child`], when the command exits the loop goes on (for at most
+/// [`DRAIN_LIMIT`]) until every byte the guest sent has been written to its host socket: tapir
+/// acknowledged those bytes, so the guest believes them delivered.
 pub fn serve(
-    tap: OwnedFd,
-    config: &NetworkConfig,
-    lifetime: Lifetime,
-    api: Option<ApiServer>,
-    ready: impl FnOnce() -> Result<(), String>,
-) -> Result<Ending, LoopError> {
-    serve_with(tap, config, lifetime, api, None, ready)
-}
-
-/// [`serve`], with spliced forwards when there is a socket factory in the guest's namespace.
-fn serve_with(
     tap: OwnedFd,
     config: &NetworkConfig,
     lifetime: Lifetime,

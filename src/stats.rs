@@ -33,6 +33,8 @@ pub enum DropReason {
     UdpFlowLimit,
     /// Limit: too many ICMP echo flows.
     IcmpFlowLimit,
+    /// Limit: echo requests faster than `--limit icmp-rate`.
+    IcmpRateLimit,
     /// Limit: the queue towards the guest was full.
     TxQueueFull,
     /// The host refused to open a socket for the flow (e.g. ping sockets not allowed).
@@ -44,7 +46,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::Fragment,
@@ -57,6 +59,7 @@ impl DropReason {
         DropReason::TcpBufferLimit,
         DropReason::UdpFlowLimit,
         DropReason::IcmpFlowLimit,
+        DropReason::IcmpRateLimit,
         DropReason::TxQueueFull,
         DropReason::HostSocket,
         DropReason::Dns,
@@ -78,6 +81,7 @@ impl DropReason {
             DropReason::TcpBufferLimit => "limit_tcp_buffers",
             DropReason::UdpFlowLimit => "limit_udp_flows",
             DropReason::IcmpFlowLimit => "limit_icmp_flows",
+            DropReason::IcmpRateLimit => "limit_icmp_rate",
             DropReason::TxQueueFull => "limit_tx_queue",
             DropReason::HostSocket => "drop_host_socket",
             DropReason::Dns => "drop_dns",
@@ -98,6 +102,7 @@ impl DropReason {
                 | DropReason::TcpBufferLimit
                 | DropReason::UdpFlowLimit
                 | DropReason::IcmpFlowLimit
+                | DropReason::IcmpRateLimit
                 | DropReason::TxQueueFull
                 | DropReason::HostSocket
         )

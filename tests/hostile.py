@@ -207,6 +207,69 @@ def flood_big(seconds, sink_port, streams):
     return "tcp_bytes=%d big_frames=%d send_failures=%d" % (tcp_bytes, frames_sent, failed)
 
 
+def echo_request(ident, seq, payload=b"tapir ping flood"):
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload
+    return header[:2] + struct.pack("!H", checksum(header)) + header[4:]
+
+
+class Pinger(threading.Thread):
+    """An ordinary ping beside the flood: one echo request every 200 ms with its own identifier
+    from a raw socket, counting the replies that come back (by sequence number)."""
+
+    IDENT = 0x7A7A
+
+    def __init__(self, target, seconds):
+        super().__init__(daemon=True)
+        self.target, self.seconds = target, seconds
+        self.sent, self.replies = 0, set()
+
+    def run(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        s.settimeout(0.05)
+        deadline = time.monotonic() + self.seconds
+        next_send = time.monotonic()
+        # Replies may come up to a second after the last request.
+        while time.monotonic() < deadline + 1.0:
+            now = time.monotonic()
+            if now < deadline and now >= next_send:
+                s.sendto(echo_request(self.IDENT, self.sent), (self.target, 0))
+                self.sent += 1
+                next_send += 0.2
+            try:
+                packet = s.recv(2048)
+            except socket.timeout:
+                continue
+            icmp = packet[(packet[0] & 0x0F) * 4:]
+            if len(icmp) >= 8 and icmp[0] == 0:
+                ident, seq = struct.unpack("!HH", icmp[4:8])
+                if ident == self.IDENT:
+                    self.replies.add(seq)
+
+
+def flood_ping(seconds, target, idents):
+    """Echo requests from a raw socket to TARGET as fast as they go, cycling over IDENTS
+    identifiers (one tapir flow each), while a Pinger runs beside them."""
+    pinger = Pinger(target, seconds)
+    pinger.start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    requests = [echo_request(0x1000 + i, 0) for i in range(idents)]
+    sent = failed = 0
+    start = time.monotonic()
+    while time.monotonic() < start + seconds:
+        for r in requests:
+            try:
+                s.sendto(r, (target, 0))
+                sent += 1
+            except OSError:
+                failed += 1
+                time.sleep(0.001)
+    flood_secs = time.monotonic() - start
+    pinger.join(5)
+    return "echo_requests=%d send_failures=%d flood_secs=%.2f ping_sent=%d ping_replies=%d" % (
+        sent, failed, flood_secs, pinger.sent, len(pinger.replies))
+
+
 def flood(kind, keeper_port, seconds, *args):
     """Runs one flood for SECONDS while a keeper works against the host echo at KEEPER_PORT."""
     raise_fd_limit()
@@ -223,6 +286,8 @@ def flood(kind, keeper_port, seconds, *args):
         result = flood_udp(seconds)
     elif kind == "big":
         result = flood_big(seconds, int(args[0]), int(args[1]))
+    elif kind == "ping":
+        result = flood_ping(seconds, args[0], int(args[1]))
     elif kind == "none":
         time.sleep(seconds)
         result = "nothing"

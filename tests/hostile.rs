@@ -84,6 +84,7 @@ struct FloodLimits {
     tcp_buffer: u64,
     udp_flows: u64,
     icmp_flows: u64,
+    icmp_rate: u64,
     tx_frames: u64,
 }
 
@@ -103,12 +104,14 @@ impl FloodLimits {
     fn args(&self) -> String {
         format!(
             "-v --limit tcp-flows={} --limit tcp-pending={} --limit tcp-buffer={} \
-             --limit udp-flows={} --limit icmp-flows={} --limit tx-frames={}",
+             --limit udp-flows={} --limit icmp-flows={} --limit icmp-rate={} \
+             --limit tx-frames={}",
             self.tcp_flows,
             self.tcp_pending,
             self.tcp_buffer,
             self.udp_flows,
             self.icmp_flows,
+            self.icmp_rate,
             self.tx_frames
         )
     }
@@ -129,6 +132,7 @@ const LIMITS: FloodLimits = FloodLimits {
     tcp_buffer: 256 * 1024,
     udp_flows: 512,
     icmp_flows: 16,
+    icmp_rate: 200,
     tx_frames: 256,
 };
 
@@ -138,6 +142,18 @@ const FLOOD_SECS: u32 = 3;
 /// One flood scenario: host servers (an echo for the keeper on 7000, a sink that never reads on
 /// 7001), the flood in the guest, then the checks every flood shares, and `extra` checks.
 fn flood(name: &str, remote: bool, data_flows: u64, flood_args: &str, extra: &str) {
+    flood_with(name, remote, data_flows, "", flood_args, extra);
+}
+
+/// [`flood`], with `before` run once the servers are up, before tapir starts.
+fn flood_with(
+    name: &str,
+    remote: bool,
+    data_flows: u64,
+    before: &str,
+    flood_args: &str,
+    extra: &str,
+) {
     let cap = LIMITS.cap_kib(data_flows);
     let body = format!(
         r#"{prologue}
@@ -145,8 +161,11 @@ start echo actor serve "$W/tmp/echo.ready" echo:127.0.0.1:7000
 start sink hostile sink 7001
 wait_until 10 "the echo server" test -e "$W/tmp/echo.ready"
 wait_port tcp 7001
+{before}
 TAPIR_ARGS=({args})
+STARTED=$(date +%s.%N)
 watched python3 -u "$W/hostile.py" flood {flood_args}
+ENDED=$(date +%s.%N)
 out=$(cat "$W/log/guest.out")
 echo "$out"
 check_eq "the guest's exit status" "$GUEST_RC" 0
@@ -243,6 +262,49 @@ fn maximum_size_frames_forever_stay_within_the_buffers() {
 check test "$(word big_frames "$out")" -ge 100
 check test "$(( $(counter Malformed) + $(counter Unsupported) ))" -ge 1
 "#,
+    );
+}
+
+/// Echo requests from a raw socket as fast as the guest makes them, over 8 flows, to the
+/// remote host: the remote receives no more than `icmp-rate` a second (plus the bucket, a
+/// twentieth of a second's worth) for as long as tapir ran, the rest are counted, and an
+/// ordinary ping beside the flood (one request every 200 ms, its own flow) loses nothing.
+/// The remote's own count of echo requests (`InEchos` in its /proc/net/snmp) is the measure.
+#[test]
+fn ping_flood_is_held_to_the_icmp_rate() {
+    let rate = LIMITS.icmp_rate;
+    let bucket = (rate / 20).max(2);
+    let before = r#"in_echos() {
+    in_remote cat /proc/net/snmp | awk '/^Icmp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "InEchos") c = i; h = 1 } else print $c }'
+}
+ECHOS_BEFORE=$(in_echos)
+"#;
+    flood_with(
+        "hostile_ping_flood",
+        true,
+        1,
+        before,
+        &format!("ping 7000 {FLOOD_SECS} 198.51.100.10 8"),
+        &format!(
+            r#"echos=$(( $(in_echos) - ECHOS_BEFORE ))
+# Requests reach the remote while the flood runs (and a quarter second of frames tapir still
+# had to read): the rate over that time, the bucket, and the ordinary ping's own requests.
+bound=$(awk -v s="$(word flood_secs "$out")" -v p="$(word ping_sent "$out")" \
+    'BEGIN {{ printf "%d", {rate} * (s + 0.25) + {bucket} + p }}')
+echo "the remote received $echos echo requests; the bound is $bound"
+check test "$(word echo_requests "$out")" -ge $(( 20 * {rate} * {FLOOD_SECS} ))
+check test "$echos" -le "$bound"
+check test "$echos" -ge $(( {rate} * {FLOOD_SECS} / 2 ))
+# What tapir read of the flood (the guest's kernel drops some on a full TAP queue) and did
+# not carry is counted, and nothing is counted twice.
+drops=$(counter IcmpRateLimit)
+check test "$drops" -ge $(( 20 * {rate} * {FLOOD_SECS} ))
+check test $(( drops + echos )) -le $(( $(word echo_requests "$out") + $(word ping_sent "$out") ))
+check test "$(word ping_sent "$out")" -ge 10
+check_eq "the ordinary ping's lost requests" "$(( $(word ping_sent "$out") - $(word ping_replies "$out") ))" 0
+check_eq "warnings about the ICMP rate" "$(grep -c 'limit hit: IcmpRateLimit' "$W/log/tapir.log")" 1
+"#
+        ),
     );
 }
 

@@ -125,3 +125,82 @@ check_eq "tapir processes left" "$(pgrep -c -x tapir || true)" 0
 "#,
     );
 }
+
+/// `tapir run` confines its network process once the command runs: no_new_privs, a seccomp
+/// filter, and a root directory with nothing in it, in mount and user namespaces of its own
+/// (tapir runs as uid 65534 here, so the mount namespace needs the user namespace). The
+/// network still carries a fetch from the host's loopback made after the checks, the
+/// command's exit status still comes back, and SIGTERM still reaches the command. `--no-sandbox` leaves tapir as it started. When
+/// the network cannot start once the command runs, the command does not run on without it.
+#[test]
+fn run_confines_its_network_process() {
+    World::tapir("run_sandbox").needs(&["curl", "pgrep"]).run_ok(
+        r#"
+echo 'served to a confined tapir' > "$W/tmp/hello.txt"
+start web python3 -m http.server --bind 127.0.0.1 8080 --directory "$W/tmp"
+wait_port tcp 8080
+# guest_after_checks: the command waits until the checks are done, then fetches and exits 3.
+guest_after_checks() {
+    rm -f "$W/tmp/checked"
+    guest sh -c 'until [ -e "$W/tmp/checked" ]; do sleep 0.1; done
+        curl -sS --max-time 10 http://10.0.2.2:8080/hello.txt; exit 3' >"$W/tmp/fetched" 2>&1 &
+    GP=$!
+    wait_until 10 "tapir to start" pgrep -u 65534 -x tapir
+    # The oldest: the guest's own process execs sh at once.
+    TP=$(pgrep -o -u 65534 -x tapir)
+}
+guest_after_checks
+wait_until 10 "tapir to install its filter" grep -q $'^Seccomp:\t2' "/proc/$TP/status"
+status=$(cat "/proc/$TP/status")
+check_match "tapir's no_new_privs" "$status" $'NoNewPrivs:\t1'
+check_eq "what tapir's root directory holds" "$(ls -A "/proc/$TP/root/" 2>&1)" ""
+check test "$(readlink "/proc/$TP/ns/mnt")" != "$(readlink /proc/self/ns/mnt)"
+check test "$(readlink "/proc/$TP/ns/user")" != "$(readlink /proc/self/ns/user)"
+# Its network namespace is still the caller's: that is where its host sockets live.
+check_eq "tapir's network namespace" "$(readlink "/proc/$TP/ns/net")" "$(readlink /proc/self/ns/net)"
+touch "$W/tmp/checked"
+rc=0
+wait "$GP" || rc=$?
+check_eq "the command's exit status through a confined tapir" "$rc" 3
+check_eq "fetched through a confined tapir" "$(cat "$W/tmp/fetched")" "served to a confined tapir"
+
+# A termination signal to the confined tapir is passed on to the command (kill), whose end
+# tapir still sees and reaps (wait4): tapir exits as the command did, 128 + SIGTERM.
+guest_after_checks
+wait_until 10 "tapir to install its filter" grep -q $'^Seccomp:\t2' "/proc/$TP/status"
+kill -TERM "$TP"
+rc=0
+wait "$GP" || rc=$?
+check_eq "the status of a confined tapir sent SIGTERM" "$rc" 143
+check_eq "the fetch of a command that was terminated" "$(cat "$W/tmp/fetched")" ""
+
+TAPIR_ARGS=(--no-sandbox)
+guest_after_checks
+sleep 1
+status=$(cat "/proc/$TP/status")
+check_match "--no-sandbox: no filter" "$status" $'Seccomp:\t0'
+check_match "--no-sandbox: no_new_privs unset" "$status" $'NoNewPrivs:\t0'
+check_eq "--no-sandbox: tapir's root" "$(readlink "/proc/$TP/root")" /
+check_eq "--no-sandbox: tapir's mount namespace" "$(readlink "/proc/$TP/ns/mnt")" "$(readlink /proc/self/ns/mnt)"
+touch "$W/tmp/checked"
+rc=0
+wait "$GP" || rc=$?
+check_eq "the command's exit status with --no-sandbox" "$rc" 3
+check_eq "fetched with --no-sandbox" "$(cat "$W/tmp/fetched")" "served to a confined tapir"
+
+# The network fails to start after the command is running (here: the -p port is taken). tapir
+# says so in one sentence, and the command is killed rather than left without a network.
+start taken python3 -c 'import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 18085)); s.listen(); time.sleep(60)'
+wait_port tcp 18085
+rc=0
+err=$(tapir_run -p 127.0.0.1:18085:80 -- sh -c 'sleep 2; echo ran > "$W/tmp/ran"' 2>&1) || rc=$?
+check_eq "exit status when the network cannot start" "$rc" 125
+check_match "the sentence for a taken port" "$err" '^tapir: cannot listen on 127\.0\.0\.1:18085 for -p 127\.0\.0\.1:18085:80'
+check_eq "lines on stderr" "$(printf '%s\n' "$err" | wc -l)" 1
+sleep 3
+check_eq "the command ran on without its network" "$(cat "$W/tmp/ran" 2>/dev/null || echo no)" no
+"#,
+    );
+}

@@ -92,6 +92,8 @@ fn config() -> NetworkConfig {
         udp_idle: Duration::from_secs(60),
         max_icmp_flows: 4,
         icmp_idle: Duration::from_secs(10),
+        // A bucket of 2, which a few requests empty and the records' waits refill.
+        icmp_rate: 10,
         max_tx_frames: 64,
     };
     let rules = [

@@ -1,13 +1,23 @@
 //! `tapir run -- CMD`: the command gets new user+network+mount namespaces with a TAP, and
 //! this process (still in the caller's network namespace) carries the TAP's traffic until the
 //! command exits, then exits with its status.
+//!
+//! Once the command runs and everything the network needs is open (the TAP, the DNS socket,
+//! the `-p` listeners, the capture file; resolv.conf and the policy file already read), this
+//! process confines itself as pasta does: an empty filesystem in a user and mount namespace
+//! of its own, no_new_privs, and a seccomp allow-list (`sys::sandbox`). `--no-sandbox` skips
+//! that, for debugging. If confining fails, or the network cannot start, the command is
+//! killed and reaped before the error is reported: nothing runs without its network.
 
 use crate::cli::RunArgs;
 use crate::config::{AddressPlan, ConfigError, Limits, check_mtu};
 use crate::error::Error;
-use crate::event_loop::{self, NetworkConfig};
+use crate::event_loop::{self, Ending, Lifetime, NetworkConfig};
 use crate::namespace::{self, GuestCommand, TapConfig};
 use crate::service::dns::parse_resolv_conf;
+use crate::sys::sandbox::{self, SandboxError};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
 
 pub fn run(args: RunArgs) -> Result<i32, Error> {
     if args.network != crate::cli::NetworkMode::Userspace {
@@ -72,6 +82,32 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     let guest = namespace::spawn(&command, &tap)?;
     // After the spawn: the command keeps the limits it was given.
     crate::sys::raise_fd_limit();
-    let status = event_loop::run(guest.tap, guest.pid, &config, guest.factory)?;
-    Ok(namespace::wait_status_code(status))
+    let sandbox = !args.no_sandbox;
+    let confine = || {
+        if !sandbox {
+            return Ok(());
+        }
+        let hint = |e: SandboxError| format!("{e} (--no-sandbox runs tapir without it)");
+        sandbox::isolate_filesystem().map_err(hint)?;
+        sandbox::confine().map_err(hint)
+    };
+    match event_loop::serve(
+        guest.tap,
+        &config,
+        Lifetime::Child(guest.pid),
+        None,
+        guest.factory,
+        confine,
+    ) {
+        Ok(Ending::Child(status)) => Ok(namespace::wait_status_code(status)),
+        Ok(ending) => {
+            log::warn!("the network stopped before the command exited: {ending:?}");
+            Ok(namespace::wait_status_code(WaitStatus::StillAlive))
+        }
+        Err(e) => {
+            let _ = kill(guest.pid, Signal::SIGKILL);
+            let _ = waitpid(guest.pid, None);
+            Err(e.into())
+        }
+    }
 }

@@ -48,6 +48,7 @@ fn check_options(args: &RunArgs) -> Result<(), Error> {
         ("--deny-private", args.deny_private),
         ("--policy", args.policy.is_some()),
         ("--limit", !args.limits.is_empty()),
+        ("--no-sandbox", args.no_sandbox),
         (
             "--mtu",
             args.network != NetworkMode::Bridge && args.mtu.is_some(),

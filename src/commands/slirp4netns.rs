@@ -64,11 +64,6 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
     for warning in &opts.warnings {
         println!("{warning}");
     }
-    if opts.enable_sandbox || opts.enable_seccomp {
-        log::info!(
-            "--enable-sandbox/--enable-seccomp: accepted; tapir does not confine itself yet"
-        );
-    }
     let plan = opts.plan;
     let target = match (&opts.target, &opts.userns_path) {
         (Target::Pid(pid), None) => AttachTarget::Pid(*pid),
@@ -177,7 +172,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         Ok(())
     };
     let ending =
-        event_loop::serve(tap, &config, lifetime, api, ready).map_err(|e| e.to_string())?;
+        event_loop::serve(tap, &config, lifetime, api, None, ready).map_err(|e| e.to_string())?;
     Ok(match ending {
         Ending::ExitFd => {
             eprintln!("exitfd event");
