@@ -47,7 +47,9 @@ bin=target/x86_64-unknown-linux-gnu/release
 
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t" "seeds/$t"
-    log="artifacts/$t/run.log"
+    # One log per run, so that a short run beside a long campaign of the same target does
+    # not overwrite the campaign's log.
+    log="artifacts/$t/run-$(date -u +%Y%m%dT%H%M%SZ)-$$.log"
     echo "== $t: ${secs}s (log: fuzz/$log)" >&2
     rc=0
     unshare --net -- "$bin/$t" "corpus/$t" "seeds/$t" \
