@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
     // error carries its code. (The unit tests parse these; here it is about not panicking.)
     let out = reply.stdout.trim_end();
     if reply.exit_code == 0 {
-        assert!(out.is_empty() || (out.starts_with('{') && out.ends_with('}')), "{out}");
+        assert!(
+            out.is_empty() || (out.starts_with('{') && out.ends_with('}')),
+            "{out}"
+        );
     } else {
         assert!(out.starts_with('{') && out.contains("\"code\": "), "{out}");
     }

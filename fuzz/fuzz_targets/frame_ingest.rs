@@ -11,26 +11,57 @@
 //! answer. The guest reaches them as 10.0.2.2 (host loopback); every other destination
 //! fails at once. Two forwards (127.0.0.1:2222/tcp → 22, 127.0.0.1:2223/udp → 53) are
 //! exercised by a host client at the start of each input.
+//!
+//! Cost: what does not depend on the input is made once per process ([`Harness`]): the
+//! namespace, the actors and their listening sockets, the parsed configuration (policy
+//! rules, forwards, limits) and the epoll instance with its event buffer. Each input still
+//! builds its own `Network` from that configuration, which opens its own forward listeners,
+//! DNS socket, smoltcp interface and flow tables, and drops it (closing every socket it
+//! made, which also removes them from the epoll set) before the next input.
+//!
+//! Why inputs stay independent: the state carried from one input to the next is the
+//! configuration (an immutable value; the network clones the policy, so hit counters start
+//! at zero), the actors (stateless services: their sockets are drained by `flush` before
+//! each input, and the connections they accepted are closed at its end) and an empty epoll
+//! set. What the kernel keeps (TIME_WAIT sockets, which ephemeral port comes next) varies
+//! between runs of the old per-input harness too, and nothing in tapir depends on it. So
+//! one saved input replays the same way in a fresh process (`frame_ingest CRASH_FILE`),
+//! which is how libFuzzer reproduces a crash.
 #![no_main]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::sync::OnceLock;
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use mio::{Events, Poll};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 use tapir::config::{AddressPlan, Limits};
 use tapir::event_loop::{Network, NetworkConfig};
 use tapir::flow::policy::{self, Policy};
 use tapir::stack::device::MAX_FRAME;
 
 /// The host services the guest can reach through the gateway address.
+///
+/// They are served when their sockets are ready (their own epoll instance, polled once per
+/// turn), not by trying every socket every turn: an `accept` that finds nothing still makes
+/// and frees a socket in the kernel, and that alone was a tenth of an input's cost.
 struct Actors {
     web: TcpListener,
     echo: UdpSocket,
     dns: UdpSocket,
+    ready: Poll,
+    events: Events,
+    buf: Vec<u8>,
 }
+
+const WEB: Token = Token(0);
+const ECHO: Token = Token(1);
+const DNS: Token = Token(2);
+/// Connections accepted by the web actor: `Token(FIRST_STREAM + i)` is `open[i]`.
+const FIRST_STREAM: usize = 3;
 
 impl Actors {
     fn start() -> Actors {
@@ -40,43 +71,113 @@ impl Actors {
         echo.set_nonblocking(true).unwrap();
         let dns = UdpSocket::bind("127.0.0.1:53").expect("bind the DNS actor");
         dns.set_nonblocking(true).unwrap();
-        Actors { web, echo, dns }
+        let ready = Poll::new().expect("epoll");
+        for (fd, token) in [
+            (web.as_raw_fd(), WEB),
+            (echo.as_raw_fd(), ECHO),
+            (dns.as_raw_fd(), DNS),
+        ] {
+            ready
+                .registry()
+                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                .expect("epoll");
+        }
+        Actors {
+            web,
+            echo,
+            dns,
+            ready,
+            events: Events::with_capacity(64),
+            buf: vec![0; 4096],
+        }
     }
 
     /// One round of service; connections accepted are kept in `open` until the input ends.
-    fn serve(&self, open: &mut Vec<TcpStream>) {
-        while let Ok((mut stream, _)) = self.web.accept() {
-            stream.set_nonblocking(true).unwrap();
-            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nhello");
-            open.push(stream);
+    /// Readiness is edge-triggered, so each ready socket is drained.
+    fn serve(&mut self, open: &mut Vec<TcpStream>) {
+        if self
+            .ready
+            .poll(&mut self.events, Some(Duration::ZERO))
+            .is_err()
+        {
+            return;
         }
-        let mut buf = [0u8; 4096];
-        for stream in open.iter_mut() {
-            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-        }
-        while let Ok((n, from)) = self.echo.recv_from(&mut buf) {
-            let _ = self.echo.send_to(&buf[..n], from);
-        }
-        while let Ok((n, from)) = self.dns.recv_from(&mut buf) {
-            if n > 2 {
-                buf[2] |= 0x80;
+        for event in self.events.iter() {
+            match event.token() {
+                WEB => accept_all(&self.web, &self.ready, open),
+                ECHO => echo_all(&self.echo, &mut self.buf, false),
+                DNS => echo_all(&self.dns, &mut self.buf, true),
+                Token(i) => {
+                    if let Some(stream) = open.get_mut(i - FIRST_STREAM) {
+                        while matches!(stream.read(&mut self.buf), Ok(n) if n > 0) {}
+                    }
+                }
             }
-            let _ = self.dns.send_to(&buf[..n], from);
         }
     }
 
-    /// Whatever the previous input left in the sockets is not this input's business.
-    fn flush(&self) {
+    /// Whatever the previous input left in the sockets is not this input's business: every
+    /// socket is drained whether or not it was reported ready (a stale readiness event left
+    /// behind finds nothing to read later, which is harmless).
+    fn flush(&mut self) {
         let mut open = Vec::new();
-        self.serve(&mut open);
+        accept_all(&self.web, &self.ready, &mut open);
+        echo_all(&self.echo, &mut self.buf, false);
+        echo_all(&self.dns, &mut self.buf, true);
     }
 }
 
-fn actors() -> &'static Actors {
-    static ACTORS: OnceLock<Actors> = OnceLock::new();
-    ACTORS.get_or_init(|| {
+/// The web actor: answers every connection and keeps reading it.
+fn accept_all(web: &TcpListener, ready: &Poll, open: &mut Vec<TcpStream>) {
+    while let Ok((mut stream, _)) = web.accept() {
+        stream.set_nonblocking(true).unwrap();
+        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nhello");
+        let token = Token(FIRST_STREAM + open.len());
+        let fd = stream.as_raw_fd();
+        let _ = ready
+            .registry()
+            .register(&mut SourceFd(&fd), token, Interest::READABLE);
+        open.push(stream);
+    }
+}
+
+/// The echo actor, and the DNS actor (which echoes the query flagged as an answer).
+fn echo_all(socket: &UdpSocket, buf: &mut [u8], dns: bool) {
+    while let Ok((n, from)) = socket.recv_from(buf) {
+        if dns && n > 2 {
+            buf[2] |= 0x80;
+        }
+        let _ = socket.send_to(&buf[..n], from);
+    }
+}
+
+/// Everything that does not depend on the input, made once per process.
+struct Harness {
+    config: NetworkConfig,
+    state: Mutex<Shared>,
+}
+
+/// What the inputs use in turn (libFuzzer runs them one at a time, on one thread).
+struct Shared {
+    actors: Actors,
+    /// The loop's epoll instance and event buffer. Between inputs its interest set is empty:
+    /// each input's network closes every socket it registered when it is dropped.
+    poll: Poll,
+    events: Events,
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
         tapir_fuzz::enter_private_netns();
-        Actors::start()
+        Harness {
+            config: config(),
+            state: Mutex::new(Shared {
+                actors: Actors::start(),
+                poll: Poll::new().expect("epoll"),
+                events: Events::with_capacity(256),
+            }),
+        }
     })
 }
 
@@ -130,16 +231,14 @@ fn config() -> NetworkConfig {
 
 /// One turn of the event loop, as `Driver::turn` does it, without a TAP: host readiness,
 /// dirty flows, timers, then everything queued for the guest is taken (and checked).
-fn turn(
-    net: &mut Network,
-    poll: &mut Poll,
-    events: &mut Events,
-    now: Instant,
-    open: &mut Vec<TcpStream>,
-) {
-    actors().serve(open);
-    if poll.poll(events, Some(Duration::ZERO)).is_ok() {
-        for event in events.iter() {
+fn turn(net: &mut Network, shared: &mut Shared, now: Instant, open: &mut Vec<TcpStream>) {
+    shared.actors.serve(open);
+    if shared
+        .poll
+        .poll(&mut shared.events, Some(Duration::ZERO))
+        .is_ok()
+    {
+        for event in shared.events.iter() {
             net.handle_event(now, event.token(), event.is_readable(), event.is_writable());
         }
     }
@@ -158,13 +257,13 @@ fn turn(
 }
 
 fuzz_target!(|data: &[u8]| {
-    let actors = actors();
-    actors.flush();
-    let mut poll = Poll::new().expect("epoll");
-    let mut events = Events::with_capacity(256);
-    let registry = poll.registry().try_clone().expect("epoll");
+    let harness = harness();
+    let mut guard = harness.state.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = &mut *guard;
+    shared.actors.flush();
+    let registry = shared.poll.registry().try_clone().expect("epoll");
     let mut now = Instant::now();
-    let mut net = Network::new(&config(), registry, now).expect("the network starts");
+    let mut net = Network::new(&harness.config, registry, now).expect("the network starts");
 
     // A host client of each forward, so inbound flows exist for the guest to answer.
     let inbound = TcpStream::connect("127.0.0.1:2222").ok();
@@ -180,12 +279,12 @@ fuzz_target!(|data: &[u8]| {
     for (wait, frame) in tapir_fuzz::records(data) {
         now += wait;
         net.handle_frame(now, frame);
-        turn(&mut net, &mut poll, &mut events, now, &mut open);
+        turn(&mut net, shared, now, &mut open);
     }
     // Let every timer run out: retransmissions, DNS and idle timeouts, RA periods.
     for step in [1, 3, 30, 61, 300] {
         now += Duration::from_secs(step);
-        turn(&mut net, &mut poll, &mut events, now, &mut open);
+        turn(&mut net, shared, now, &mut open);
     }
     drop((inbound, client));
 });
