@@ -149,6 +149,14 @@ guest_after_checks() {
     # The oldest: the guest's own process execs sh at once.
     TP=$(pgrep -o -u 65534 -x tapir)
 }
+# Lets that guest go on: it fetches, then exits 3. $1 says how tapir ran.
+guest_finishes() {
+    touch "$W/tmp/checked"
+    rc=0
+    wait "$GP" || rc=$?
+    check_eq "the command's exit status $1" "$rc" 3
+    check_eq "fetched $1" "$(cat "$W/tmp/fetched")" "served to a confined tapir"
+}
 guest_after_checks
 wait_until 10 "tapir to install its filter" grep -q $'^Seccomp:\t2' "/proc/$TP/status"
 status=$(cat "/proc/$TP/status")
@@ -158,11 +166,7 @@ check test "$(readlink "/proc/$TP/ns/mnt")" != "$(readlink /proc/self/ns/mnt)"
 check test "$(readlink "/proc/$TP/ns/user")" != "$(readlink /proc/self/ns/user)"
 # Its network namespace is still the caller's: that is where its host sockets live.
 check_eq "tapir's network namespace" "$(readlink "/proc/$TP/ns/net")" "$(readlink /proc/self/ns/net)"
-touch "$W/tmp/checked"
-rc=0
-wait "$GP" || rc=$?
-check_eq "the command's exit status through a confined tapir" "$rc" 3
-check_eq "fetched through a confined tapir" "$(cat "$W/tmp/fetched")" "served to a confined tapir"
+guest_finishes "through a confined tapir"
 
 # A termination signal to the confined tapir is passed on to the command (kill), whose end
 # tapir still sees and reaps (wait4): tapir exits as the command did, 128 + SIGTERM.
@@ -182,11 +186,7 @@ check_match "--no-sandbox: no filter" "$status" $'Seccomp:\t0'
 check_match "--no-sandbox: no_new_privs unset" "$status" $'NoNewPrivs:\t0'
 check_eq "--no-sandbox: tapir's root" "$(readlink "/proc/$TP/root")" /
 check_eq "--no-sandbox: tapir's mount namespace" "$(readlink "/proc/$TP/ns/mnt")" "$(readlink /proc/self/ns/mnt)"
-touch "$W/tmp/checked"
-rc=0
-wait "$GP" || rc=$?
-check_eq "the command's exit status with --no-sandbox" "$rc" 3
-check_eq "fetched with --no-sandbox" "$(cat "$W/tmp/fetched")" "served to a confined tapir"
+guest_finishes "with --no-sandbox"
 
 # The network fails to start after the command is running (here: the -p port is taken). tapir
 # says so in one sentence, and the command is killed rather than left without a network.
