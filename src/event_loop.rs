@@ -1719,33 +1719,14 @@ impl crate::api::server::ForwardTable for Network {
     }
 
     fn policy(&self) -> (Vec<crate::api::proto::PolicyEntry>, u64) {
-        let rules = self
-            .policy
-            .rules_with_counters()
-            .map(|(action, rule, hits)| crate::api::proto::PolicyEntry {
-                action: action.to_string(),
-                rule: rule.to_string(),
-                hits,
-            })
-            .collect();
-        (rules, self.policy.default_hits())
+        crate::api::proto::PolicyEntry::list(&self.policy)
     }
 
     fn set_policy(&mut self, rules: &[String], deny_private: bool) -> Result<(), String> {
-        // Each text is "allow RULE" or "deny RULE", as in a policy file.
-        let mut list = Vec::new();
-        for text in rules {
-            let origin = policy::Origin::Line {
-                file: "rules".into(),
-                line: list.len() + 1,
-            };
-            list.push(policy::parse_line(text, &origin).map_err(|e| e.to_string())?);
-        }
-        if deny_private {
-            list.extend(policy::deny_private(&self.host_addrs));
-        }
+        let host_addrs = deny_private.then_some(&self.host_addrs[..]);
+        let policy = Policy::from_lines(rules, host_addrs).map_err(|e| e.to_string())?;
         // Flows already open keep going: the policy is asked only when a flow opens.
-        self.policy = Policy::new(list);
+        self.policy = policy;
         log::info!(
             "egress policy replaced: {} rules",
             self.policy.rules().len()

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use libfuzzer_sys::fuzz_target;
 use tapir::api::proto::{self, PolicyEntry};
 use tapir::api::server::{self, ForwardTable};
-use tapir::flow::policy::{self, Policy};
+use tapir::flow::policy::Policy;
 use tapir::forward::spec::PortForward;
 
 /// The network's forwards and policy, as data.
@@ -54,32 +54,14 @@ impl ForwardTable for Table {
     }
 
     fn policy(&self) -> (Vec<PolicyEntry>, u64) {
-        let rules = self
-            .policy
-            .rules_with_counters()
-            .map(|(action, rule, hits)| PolicyEntry {
-                action: action.to_string(),
-                rule: rule.to_string(),
-                hits,
-            })
-            .collect();
-        (rules, self.policy.default_hits())
+        PolicyEntry::list(&self.policy)
     }
 
-    /// As the network does it: each text is a policy line.
+    /// As the network does it, with one host address for `deny_private`.
     fn set_policy(&mut self, rules: &[String], deny_private: bool) -> Result<(), String> {
-        let mut list = Vec::new();
-        for text in rules {
-            let at = policy::Origin::Line {
-                file: "rules".into(),
-                line: list.len() + 1,
-            };
-            list.push(policy::parse_line(text, &at).map_err(|e| e.to_string())?);
-        }
-        if deny_private {
-            list.extend(policy::deny_private(&[Ipv4Addr::new(192, 0, 2, 7).into()]));
-        }
-        self.policy = Policy::new(list);
+        let host: [std::net::IpAddr; 1] = [Ipv4Addr::new(192, 0, 2, 7).into()];
+        self.policy = Policy::from_lines(rules, deny_private.then_some(&host[..]))
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 }

@@ -306,6 +306,21 @@ pub struct PolicyEntry {
     pub hits: u64,
 }
 
+impl PolicyEntry {
+    /// `policy`'s rules with their hit counts, and the count of flows no rule matched.
+    pub fn list(policy: &crate::flow::policy::Policy) -> (Vec<PolicyEntry>, u64) {
+        let rules = policy
+            .rules_with_counters()
+            .map(|(action, rule, hits)| PolicyEntry {
+                action: action.to_string(),
+                rule: rule.to_string(),
+                hits,
+            })
+            .collect();
+        (rules, policy.default_hits())
+    }
+}
+
 /// `{"return":{"rules":[{"action":"deny","rule":"10.0.0.0/8","hits":2},...],"default_hits":5}}`
 pub fn policy_response(rules: &[PolicyEntry], default_hits: u64) -> Vec<u8> {
     let entries: Vec<String> = rules

@@ -846,6 +846,27 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy an API `set_policy` asks for: each text is a policy-file line ("allow RULE"
+    /// or "deny RULE"), in order, then with `deny_private_of` the `--deny-private` rules for
+    /// those host addresses.
+    pub fn from_lines(
+        texts: &[String],
+        deny_private_of: Option<&[IpAddr]>,
+    ) -> Result<Policy, PolicyError> {
+        let mut list = Vec::with_capacity(texts.len());
+        for text in texts {
+            let at = Origin::Line {
+                file: "rules".into(),
+                line: list.len() + 1,
+            };
+            list.push(parse_line(text, &at)?);
+        }
+        if let Some(host_addrs) = deny_private_of {
+            list.extend(deny_private(host_addrs));
+        }
+        Ok(Policy::new(list))
+    }
+
     /// Compiles `rules`: the first that matches a flow decides it, and none matching allows it.
     pub fn new(rules: Vec<(Action, Rule)>) -> Policy {
         let tables = Proto::ALL.map(|proto| {
