@@ -154,33 +154,10 @@ impl Drop for Guest {
 }
 
 fn start_tapir(mtu: u32, dir: &Path) -> Result<Guest, String> {
-    let log = log_file(dir, &format!("tapir-{mtu}.log"))?;
     let publish = format!("127.0.0.1:{PUBLISHED_PORT}:{GUEST_PORT}/tcp");
-    let helper = Command::new(dir.join("bin/tapir"))
-        .args(["run", "--mtu", &mtu.to_string(), "-p", &publish, "--"])
-        .args(["sleep", "infinity"])
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start tapir: {e}"))?;
-    let mut guest = Guest {
-        kind: PathKind::Tapir,
-        mtu,
-        ns_pid: 0,
-        join_user: true,
-        helper: Some(helper),
-        sleeper: None,
-        server: GATEWAY.into(),
-        published: SocketAddr::from(([127, 0, 0, 1], PUBLISHED_PORT)),
-        background: Vec::new(),
-    };
-    let helper_pid = guest.helper_pid().unwrap_or_default();
-    guest.ns_pid = wait_for_sleeper(helper_pid, dir, &format!("tapir-{mtu}.log"))?;
-    wait_for_default_route(guest.ns_pid)?;
-    Ok(guest)
+    let mut helper = Command::new(dir.join("bin/tapir"));
+    helper.args(["run", "--mtu", &mtu.to_string(), "-p", &publish, "--"]);
+    start_own_namespaces(PathKind::Tapir, mtu, dir, helper, GATEWAY)
 }
 
 fn start_veth(mtu: u32) -> Result<Guest, String> {
@@ -363,28 +340,42 @@ fn start_slirp4netns(mtu: u32, dir: &Path) -> Result<Guest, String> {
 }
 
 fn start_pasta(mtu: u32, dir: &Path) -> Result<Guest, String> {
-    let log_name = format!("pasta-{mtu}.log");
     let publish = format!("127.0.0.1/{PUBLISHED_PORT}:{GUEST_PORT}");
-    let helper = Command::new("pasta")
+    let mut helper = Command::new("pasta");
+    helper
         .args(["-f", "--config-net", "-m", &mtu.to_string(), "-t", &publish])
-        .args([
-            "-u", "none", "-T", "none", "-U", "none", "--", "sleep", "infinity",
-        ])
+        .args(["-u", "none", "-T", "none", "-U", "none", "--"]);
+    start_own_namespaces(PathKind::Pasta, mtu, dir, helper, UPLINK_GATEWAY)
+}
+
+/// Starts `helper`, a tool that makes the guest's namespaces itself and runs the command given
+/// after its arguments (here `sleep infinity`) in them, as uid 65534; the guest is ready once
+/// the sleeper runs and has a default route. Its output goes to `KIND-MTU.log`.
+fn start_own_namespaces(
+    kind: PathKind,
+    mtu: u32,
+    dir: &Path,
+    mut helper: Command,
+    server: Ipv4Addr,
+) -> Result<Guest, String> {
+    let log_name = format!("{}-{mtu}.log", kind.name());
+    let helper = helper
+        .args(["sleep", "infinity"])
         .uid(NOBODY)
         .gid(NOBODY)
         .stdin(Stdio::null())
         .stdout(log_file(dir, &log_name)?)
         .stderr(log_file(dir, &log_name)?)
         .spawn()
-        .map_err(|e| format!("cannot start pasta: {e}"))?;
+        .map_err(|e| format!("cannot start {}: {e}", kind.name()))?;
     let mut guest = Guest {
-        kind: PathKind::Pasta,
+        kind,
         mtu,
         ns_pid: 0,
         join_user: true,
         helper: Some(helper),
         sleeper: None,
-        server: UPLINK_GATEWAY.into(),
+        server: server.into(),
         published: SocketAddr::from(([127, 0, 0, 1], PUBLISHED_PORT)),
         background: Vec::new(),
     };
