@@ -309,14 +309,7 @@ fn bars(out: &mut String, results: &Results, (x0, y0, w, h): (f64, f64, f64, f64
     for i in 0..=4 {
         let v = top * f64::from(i) / 4.0;
         let y = y0 + h - h * v / top;
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x0}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-            x0 + w,
-            x0 - 4.0,
-            y + 4.0,
-            figure(v)
-        );
+        grid_row(out, x0, w, y, &figure(v));
     }
     let group_w = w / groups.len() as f64;
     let bar_w = group_w * 0.8 / paths.len() as f64;
@@ -391,14 +384,7 @@ fn cdf(out: &mut String, results: &Results, (x0, y0, w, h): (f64, f64, f64, f64)
     }
     for q in [0.5, 0.99] {
         let y = y0 + h - h * q;
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x0}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">p{}</text>"##,
-            x0 + w,
-            x0 - 4.0,
-            y + 4.0,
-            q * 100.0
-        );
+        grid_row(out, x0, w, y, &format!("p{}", q * 100.0));
     }
     for (path, scenario, points) in curves {
         let d: Vec<String> = points
@@ -444,6 +430,17 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// A horizontal grid line across a plot at height `y`, labelled on its left.
+fn grid_row(out: &mut String, x0: f64, w: f64, y: f64, label: &str) {
+    let _ = writeln!(
+        out,
+        r##"<line x1="{x0}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+        x0 + w,
+        x0 - 4.0,
+        y + 4.0,
+    );
 }
 
 #[cfg(test)]
