@@ -143,8 +143,7 @@ impl Harness {
         let _ = self.poll.poll(&mut self.events, Some(wait));
         let now = Instant::now();
         for event in self.events.iter() {
-            self.net
-                .handle_event(now, event.token(), event.is_readable(), event.is_writable());
+            self.net.handle_event(now, event);
         }
         self.net.service_dirty(now);
         self.net.handle_timers(now);

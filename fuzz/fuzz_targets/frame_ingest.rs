@@ -239,7 +239,7 @@ fn turn(net: &mut Network, shared: &mut Shared, now: Instant, open: &mut Vec<Tcp
         .is_ok()
     {
         for event in shared.events.iter() {
-            net.handle_event(now, event.token(), event.is_readable(), event.is_writable());
+            net.handle_event(now, event);
         }
     }
     net.service_dirty(now);

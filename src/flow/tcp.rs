@@ -46,11 +46,18 @@ impl HostStream for mio::net::TcpStream {
 }
 
 /// What the splice has seen of the host side. Readiness flags are edge-triggered: set by the
-/// event loop on an event, cleared here on `WouldBlock`.
+/// event loop on an event, cleared here on `WouldBlock`, or on a short read (see `closing`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HostSide {
     pub readable: bool,
     pub writable: bool,
+    /// An event said the host closed, failed or sent urgent data. Until then a read shorter
+    /// than the room offered means the kernel's queue is empty, and the data that arrives
+    /// next brings a new edge, so tapir stops there rather than making a read that can only
+    /// say `WouldBlock`: on a request/response flow that read sat between the response and
+    /// the guest. An EOF, an error or an urgent mark already queued brings no new edge (and
+    /// a read stops short at an urgent mark), so from then on the host is read to the end.
+    pub closing: bool,
     /// The host sent EOF; a FIN is queued towards the guest.
     pub eof: bool,
     /// The guest's FIN was passed on as `shutdown(SHUT_WR)`.
@@ -257,15 +264,19 @@ fn host_to_guest<S: HostStream>(
     side: &mut HostSide,
 ) -> io::Result<()> {
     while side.readable && !side.eof && socket.can_send() {
-        let read = socket.send(|buf| match host.read(buf) {
-            Ok(n) => (n, Ok(n)),
-            Err(e) => (0, Err(e)),
+        let read = socket.send(|buf| {
+            let room = buf.len();
+            match host.read(buf) {
+                Ok(n) => (n, Ok((n, room))),
+                Err(e) => (0, Err(e)),
+            }
         });
         match read {
-            Ok(Ok(0)) => {
+            Ok(Ok((0, _))) => {
                 side.eof = true;
                 socket.close();
             }
+            Ok(Ok((n, room))) if n < room && !side.closing => side.readable = false,
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => side.readable = false,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -329,10 +340,12 @@ mod test {
         input: VecDeque<u8>,
         eof: bool,
         shut: bool,
+        reads: usize,
     }
 
     impl Read for FakeHost {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
             if self.input.is_empty() {
                 return if self.eof {
                     Ok(0)
@@ -607,7 +620,11 @@ mod test {
             eof: true,
             ..FakeHost::default()
         };
-        let mut side = ready();
+        // The data and the EOF came with one event, which says the host closed.
+        let mut side = HostSide {
+            closing: true,
+            ..ready()
+        };
         assert_eq!(pump(rig.socket(), &mut host, &mut side), Verdict::Open);
         assert!(side.eof);
         rig.feed(&[]);
@@ -637,7 +654,9 @@ mod test {
         // The host can still answer after the guest's FIN.
         host.input.extend(b"reply");
         host.eof = true;
+        // The event the host's EOF brings says so.
         side.readable = true;
+        side.closing = true;
         assert_eq!(pump(rig.socket(), &mut host, &mut side), Verdict::Open);
         rig.feed(&[]);
         let segs = rig.take_segments();
@@ -680,6 +699,38 @@ mod test {
         assert_eq!(pump(rig.socket(), &mut Broken, &mut side), Verdict::Reset);
         rig.feed(&[]);
         assert!(rig.take_segments().iter().any(|s| s.rst));
+    }
+
+    #[test]
+    fn a_short_read_waits_for_the_next_event_unless_the_host_is_closing() {
+        let mut rig = Rig::new(4096);
+        let mut host = FakeHost {
+            input: b"response".iter().copied().collect(),
+            ..FakeHost::default()
+        };
+        let mut side = ready();
+        assert_eq!(pump(rig.socket(), &mut host, &mut side), Verdict::Open);
+        assert_eq!(host.reads, 1, "no read just to hear WouldBlock");
+        assert!(!side.readable);
+        rig.feed(&[]);
+        let data: Vec<u8> = rig
+            .take_segments()
+            .iter()
+            .flat_map(|s| s.payload.clone())
+            .collect();
+        assert_eq!(data, b"response");
+
+        // The host's last bytes and its EOF came with one event: read on to the EOF.
+        host.input.extend(b"bye");
+        host.eof = true;
+        side.readable = true;
+        side.closing = true;
+        pump(rig.socket(), &mut host, &mut side);
+        assert_eq!(host.reads, 3);
+        assert!(side.eof, "the EOF was read");
+        rig.feed(&[]);
+        let segs = rig.take_segments();
+        assert!(segs.iter().any(|s| s.fin), "{segs:?}");
     }
 
     #[test]
