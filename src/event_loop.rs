@@ -1291,12 +1291,8 @@ impl Network {
     /// The address a host client appears from inside the guest: loopback clients come from
     /// the gateway (as with slirp4netns), others keep their own address.
     fn guest_visible(&self, client: SocketAddr) -> SocketAddr {
-        let ip = match client.ip() {
+        let ip = match client.ip().to_canonical() {
             IpAddr::V4(v4) if !v4.is_loopback() => IpAddr::V4(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) if !v4.is_loopback() => IpAddr::V4(v4),
-                _ => IpAddr::V4(self.plan().gateway),
-            },
             _ => IpAddr::V4(self.plan().gateway),
         };
         SocketAddr::new(ip, client.port())
@@ -1420,12 +1416,7 @@ impl Network {
         guest_ip: Ipv4Addr,
         guest_port: u16,
     ) -> Result<(), mio::net::TcpStream> {
-        let loopback = match client.ip() {
-            IpAddr::V4(v4) => v4.is_loopback(),
-            IpAddr::V6(v6) => {
-                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-            }
-        };
+        let loopback = client.ip().to_canonical().is_loopback();
         let Some(factory) = self.factory.as_ref().filter(|_| loopback) else {
             return Err(host);
         };

@@ -140,23 +140,16 @@ impl AddressMap {
         if never_carried(dst.ip()) {
             return Route::Refuse;
         }
-        if !self.plan.host_loopback && self.host_addrs.contains(&canonical(dst.ip())) {
+        if !self.plan.host_loopback && self.host_addrs.contains(&dst.ip().to_canonical()) {
             return Route::Refuse;
         }
         Route::Host(dst)
     }
 }
 
-/// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
+/// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
 fn never_carried(ip: IpAddr) -> bool {
-    match canonical(ip) {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             v4.is_loopback() || v4.octets()[0] == 0 || v4.is_multicast() || v4.is_broadcast()
         }

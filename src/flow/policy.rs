@@ -116,7 +116,7 @@ pub enum Cidr {
 impl Cidr {
     /// Whether `ip` lies inside; an IPv4-mapped IPv6 address counts as its IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (*self, canonical(ip)) {
+        match (*self, ip.to_canonical()) {
             (Cidr::All, _) => true,
             (Cidr::V4 { addr, len }, IpAddr::V4(ip)) => {
                 (u32::from(addr) ^ u32::from(ip)) & mask_v4(len) == 0
@@ -167,14 +167,6 @@ fn mask_v6(len: u8) -> u128 {
     u128::MAX
         .checked_shl(128 - u32::from(len.min(128)))
         .unwrap_or(0)
-}
-
-/// IPv4-mapped IPv6 addresses are the IPv4 address they carry (as in `flow::addr`).
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Inclusive destination ports; a range with `lo > hi` matches nothing.
@@ -766,7 +758,7 @@ pub fn deny_private(host_addrs: &[IpAddr]) -> Vec<(Action, Rule)> {
         .chain(PRIVATE_V6.iter().map(|&(addr, len)| Cidr::V6 { addr, len }));
     let mut denied: Vec<Cidr> = networks.collect();
     for &ip in host_addrs {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         if ip.is_loopback() || ip.is_unspecified() || denied.iter().any(|c| c.contains(ip)) {
             continue;
         }
@@ -815,7 +807,7 @@ impl Family {
 
 /// A destination's family and position on that family's address line (IPv4-mapped as IPv4).
 fn address_key(ip: IpAddr) -> (Family, u128) {
-    match canonical(ip) {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => (Family::V4, u32::from(v4).into()),
         IpAddr::V6(v6) => (Family::V6, u128::from(v6)),
     }
