@@ -1073,21 +1073,18 @@ impl Network {
             return;
         };
         if conn.connecting && writable {
-            match conn.host.take_error() {
-                Ok(None) => match conn.host.peer_addr() {
-                    Ok(_) => {
-                        conn.connecting = false;
-                        conn.syn = None;
-                        self.tcp_pending -= 1;
-                        conn.set
-                            .get_mut::<tcp::Socket>(conn.handle)
-                            .pause_synack(false);
-                        log::debug!("tcp {} -> {}: connected", conn.key.guest, conn.key.remote);
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotConnected => {}
-                    Err(e) => self.connect_failed(id, e),
-                },
-                Ok(Some(e)) | Err(e) => self.connect_failed(id, e),
+            match connect_outcome(&conn.host) {
+                Some(Ok(())) => {
+                    conn.connecting = false;
+                    conn.syn = None;
+                    self.tcp_pending -= 1;
+                    conn.set
+                        .get_mut::<tcp::Socket>(conn.handle)
+                        .pause_synack(false);
+                    log::debug!("tcp {} -> {}: connected", conn.key.guest, conn.key.remote);
+                }
+                Some(Err(e)) => self.connect_failed(id, e),
+                None => {}
             }
         }
         let Some(conn) = self.tcp.get_mut(id) else {
@@ -1458,10 +1455,7 @@ impl Network {
             })
         {
             log::debug!("forward {client}: cannot watch the spliced sockets ({e})");
-            let _ = self.registry.deregister(&mut io.guest);
-            let mut host = io.into_host();
-            let _ = self.registry.deregister(&mut host);
-            return Err(host);
+            return Err(unwatch_splice(&self.registry, io));
         }
         let relay = Relay::new(io.pipe_size());
         entry.insert(SplicedConn {
@@ -1489,13 +1483,10 @@ impl Network {
             if side == Side::Host {
                 return;
             }
-            match conn.io.guest.take_error() {
-                Ok(None) => match conn.io.guest.peer_addr() {
-                    Ok(_) => conn.connecting = false,
-                    Err(e) if e.kind() == ErrorKind::NotConnected => return,
-                    Err(_) => return self.splice_refused(id),
-                },
-                Ok(Some(_)) | Err(_) => return self.splice_refused(id),
+            match connect_outcome(&conn.io.guest) {
+                Some(Ok(())) => conn.connecting = false,
+                Some(Err(_)) => return self.splice_refused(id),
+                None => return,
             }
         }
         match conn.relay.pump(&mut conn.io) {
@@ -1508,10 +1499,8 @@ impl Network {
     /// The guest's loopback refused (its server listens on its TAP address only, say): the
     /// client goes through the TAP after all. Nothing was read from it yet.
     fn splice_refused(&mut self, id: usize) {
-        let mut conn = self.splices.remove(id);
-        let _ = self.registry.deregister(&mut conn.io.guest);
-        let mut host = conn.io.into_host();
-        let _ = self.registry.deregister(&mut host);
+        let conn = self.splices.remove(id);
+        let host = unwatch_splice(&self.registry, conn.io);
         log::debug!(
             "forward {} -> guest 127.0.0.1:{} refused; through the TAP instead",
             conn.client,
@@ -1792,6 +1781,31 @@ fn udp_frame(
         _ => return false,
     }
     true
+}
+
+/// Where a non-blocking connect stands: done (`Some(Ok)`), failed (`Some(Err)`, with the
+/// reason), or still under way (`None`).
+fn connect_outcome(stream: &mio::net::TcpStream) -> Option<io::Result<()>> {
+    match stream.take_error() {
+        Ok(None) => match stream.peer_addr() {
+            Ok(_) => Some(Ok(())),
+            Err(e) if e.kind() == ErrorKind::NotConnected => None,
+            Err(e) => Some(Err(e)),
+        },
+        Ok(Some(e)) | Err(e) => Some(Err(e)),
+    }
+}
+
+/// Stops watching a spliced pair, closes its guest-side socket and gives the host client's
+/// socket back, to be carried through the TAP.
+fn unwatch_splice(
+    registry: &Registry,
+    mut io: SplicedSockets<mio::net::TcpStream>,
+) -> mio::net::TcpStream {
+    let _ = registry.deregister(&mut io.guest);
+    let mut host = io.into_host();
+    let _ = registry.deregister(&mut host);
+    host
 }
 
 fn listen_endpoint(addr: SocketAddr) -> IpListenEndpoint {
