@@ -1417,7 +1417,7 @@ impl Network {
         let Some(factory) = self.factory.as_ref().filter(|_| loopback) else {
             return Err(host);
         };
-        let fd = match factory.tcp_socket(false) {
+        let fd = match factory.tcp_socket() {
             Ok(fd) => fd,
             Err(e) => {
                 log::warn!(

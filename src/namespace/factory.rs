@@ -5,14 +5,14 @@
 //! process later uses it. tapir lives in the host's namespace and, being unprivileged there,
 //! cannot `setns` into the guest's. So `spawn`'s child, before it execs the command, forks a
 //! helper (twice, so that it is not the command's child and a shell's `wait` never waits for
-//! it) that answers each request byte (`4` or `6`) with a fresh non-blocking TCP socket of that
-//! family, passed back with SCM_RIGHTS. It holds nothing else: stdio is /dev/null, every
+//! it) that answers each request byte with a fresh non-blocking IPv4 TCP socket (splices go to
+//! the guest's 127.0.0.1), passed back with SCM_RIGHTS. It holds nothing else: stdio is /dev/null, every
 //! other fd is closed, and it leaves the command's session so that the terminal's signals are
 //! not for it. It exits when tapir's end of the socket pair closes.
 //!
 //! The helper runs in the guest's user namespace, so the guest can kill it, stop it, or answer
 //! in its place. [`SocketFactory`] therefore waits at most [`ANSWER_LIMIT`] and accepts only
-//! an unbound TCP socket of the family it asked for; on any failure tapir stops asking and
+//! an unbound IPv4 TCP socket; on any failure tapir stops asking and
 //! carries forwards through the TAP as before.
 
 use std::io;
@@ -44,12 +44,8 @@ pub(super) fn serve(sock: OwnedFd) -> i32 {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 1,
         }
-        let family = match request[0] {
-            b'6' => AddressFamily::Inet6,
-            _ => AddressFamily::Inet,
-        };
         let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-        let sent = match socket(family, SockType::Stream, flags, None) {
+        let sent = match socket(AddressFamily::Inet, SockType::Stream, flags, None) {
             Ok(fd) => fdpass::send_fd(sock.as_fd(), fd.as_fd(), b"tcp"),
             Err(e) => fdpass::send_error(sock.as_fd(), &format!("socket: {e}")),
         };
@@ -80,12 +76,11 @@ impl SocketFactory {
         SocketFactory { sock }
     }
 
-    /// A non-blocking TCP socket in the guest's namespace, IPv6 when `v6`.
-    pub fn tcp_socket(&self, v6: bool) -> io::Result<OwnedFd> {
-        let request = if v6 { b"6" } else { b"4" };
+    /// A non-blocking IPv4 TCP socket in the guest's namespace.
+    pub fn tcp_socket(&self) -> io::Result<OwnedFd> {
         nix::sys::socket::send(
             self.sock.as_raw_fd(),
-            request,
+            b"4",
             nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
         )?;
         let fd = match fdpass::recv(self.sock.as_fd()) {
@@ -94,22 +89,17 @@ impl SocketFactory {
             Ok(Received::Closed) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Err(e) => return Err(io::Error::other(e.to_string())),
         };
-        check_socket(fd.as_fd(), v6)?;
+        check_socket(fd.as_fd())?;
         Ok(fd)
     }
 }
 
-/// Whether `fd` is what the factory should have made: an unbound, non-blocking TCP socket of
-/// the family asked for. The guest controls the factory; anything else is refused.
-fn check_socket(fd: BorrowedFd<'_>, v6: bool) -> io::Result<()> {
+/// Whether `fd` is what the factory should have made: an unbound, non-blocking IPv4 TCP
+/// socket. The guest controls the factory; anything else is refused.
+fn check_socket(fd: BorrowedFd<'_>) -> io::Result<()> {
     let sock = socket2::SockRef::from(&fd);
-    let want = if v6 {
-        socket2::Domain::IPV6
-    } else {
-        socket2::Domain::IPV4
-    };
     let local = sock.local_addr()?.as_socket();
-    let fine = sock.domain()? == want
+    let fine = sock.domain()? == socket2::Domain::IPV4
         && sock.r#type()? == socket2::Type::STREAM
         && sock.protocol()? == Some(socket2::Protocol::TCP)
         && local.is_some_and(|a| a.port() == 0 && a.ip().is_unspecified())
