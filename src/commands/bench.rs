@@ -134,7 +134,8 @@ fn reexec_in_private_world() -> Result<i32, Error> {
         ])
         .arg(exe)
         .args(std::env::args_os().skip(1))
-        .env(INSIDE, "1")
+        // The pid seen outside names the bench's directory: inside, every bench is pid 1.
+        .env(INSIDE, std::process::id().to_string())
         .status()
         .map_err(|e| BenchError::Setup(format!("cannot run unshare: {e}")))?;
     Ok(status.code().unwrap_or(125))
@@ -144,7 +145,8 @@ fn reexec_in_private_world() -> Result<i32, Error> {
 fn prepare_world(options: &Options) -> Result<PathBuf, BenchError> {
     let setup = BenchError::Setup;
     guest::ip(&["link", "set", "lo", "up"]).map_err(setup)?;
-    let dir = std::env::temp_dir().join(format!("tapir-bench.{}", std::process::id()));
+    let outer = std::env::var(INSIDE).unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("tapir-bench.{outer}"));
     make_dir(&dir, 0o755)?;
     make_dir(&dir.join("bin"), 0o755)?;
     make_dir(&dir.join("run"), 0o777)?;
