@@ -62,6 +62,11 @@ pub struct BenchArgs {
     /// Connections the hold scenario opens and holds (default: 10000; with --quick: 1000).
     #[arg(long, value_name = "N")]
     pub hold: Option<u64>,
+    /// Measure every path N times, in turn, and report each figure's median; the JSON keeps
+    /// every round. Latency on a small VM lands in one of two scheduling modes per run, so
+    /// compare paths over 3 or 5 rounds (default: 1).
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<u32>,
     /// A short run: 1 s per measurement, MTU 65520 only, 1,000 held connections.
     #[arg(long)]
     pub quick: bool,

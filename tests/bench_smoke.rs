@@ -1,13 +1,15 @@
 //! `tapir bench --quick` on the tapir path alone, one second per measurement: every scenario
 //! runs and the JSON report carries every figure, a ratio-ready shape and a latency CDF. (The
 //! figures themselves are not judged here: CI machines are noisy, and the bench is for reading.)
-//! Bad options are refused with one sentence naming the value, before anything is set up.
+//! Bad options are refused with one sentence naming the value, before anything is set up. With
+//! `--rounds 2` both rounds are kept and the figure is their median.
 //!
 //! `tapir bench` builds its own private namespaces (net, mount, pid) and runs tapir as uid
 //! 65534, so the only requirement is root and iperf3; without them this skips, and with
 //! `CI=true` (where .ci/run installs iperf3) it fails instead.
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
@@ -30,9 +32,12 @@ fn cannot_run() -> Option<String> {
 fn tapir(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
     let dir = std::env::temp_dir().join(format!("tapir-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
+    // Tests run in parallel: each call gets files of its own.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let (out, err) = (
-        dir.join(format!("out-{}", args.len())),
-        dir.join(format!("err-{}", args.len())),
+        dir.join(format!("out-{call}")),
+        dir.join(format!("err-{call}")),
     );
     let mut child = Command::new(TAPIR)
         .args(args)
@@ -146,6 +151,8 @@ fn bad_options_are_refused_naming_the_value() {
         (&["bench", "--plot", "out.png"], "out.png"),
         (&["bench", "--mtu", "70000"], "70000"),
         (&["bench", "--duration", "0"], "--duration 0"),
+        (&["bench", "--rounds", "0"], "--rounds 0"),
+        (&["bench", "--rounds", "21"], "--rounds 21"),
     ] {
         let (code, _, stderr) = tapir(args, Duration::from_secs(10));
         assert_ne!(code, Some(0), "tapir {} succeeded", args.join(" "));
@@ -160,4 +167,59 @@ fn bad_options_are_refused_naming_the_value() {
             "not one sentence: {stderr}"
         );
     }
+}
+
+#[test]
+fn rounds_are_each_kept_and_the_figure_is_their_median() {
+    if let Some(reason) = cannot_run() {
+        assert!(
+            !in_ci(),
+            "bench_smoke cannot run in CI, where .ci/run provides everything: {reason}"
+        );
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tapir-bench-rounds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let json = dir.join("bench.json");
+    let (code, stdout, stderr) = tapir(
+        &[
+            "bench",
+            "--paths",
+            "tapir",
+            "--scenarios",
+            "tcp_rr",
+            "--mtu",
+            "1500",
+            "--duration",
+            "0.5",
+            "--rounds",
+            "2",
+            "--json",
+            json.to_str().unwrap_or_default(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "tapir bench failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("each figure the median of 2 rounds"),
+        "{stdout}"
+    );
+    let text = std::fs::read_to_string(&json).expect("the --json file");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(doc["options"]["rounds"], 2);
+    let run = &doc["runs"][0];
+    let p50s: Vec<f64> = run["rounds"]
+        .as_array()
+        .expect("a rounds array")
+        .iter()
+        .filter_map(|r| r["tcp_rr_p50_us"].as_f64())
+        .collect();
+    assert_eq!(p50s.len(), 2, "{text}");
+    let median = run["metrics"]["tcp_rr_p50_us"].as_f64().unwrap_or(0.0);
+    assert!(
+        (median - (p50s[0] + p50s[1]) / 2.0).abs() < 1e-9,
+        "p50 {median} is not the median of {p50s:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

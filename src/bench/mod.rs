@@ -18,8 +18,11 @@
 //! The helper's VmHWM when its guest ends is the path's peak RSS at that MTU. A path whose tool
 //! is not installed is skipped with that reason; a scenario that fails leaves its cells empty
 //! with a note, and the run goes on. Figures are measurements, never estimates: an empty cell
-//! means "not measured". Non-goals: statistical repetition (run it twice and compare), and
-//! pinning CPUs (the report names the machine so runs can be compared on the same one).
+//! means "not measured". With `--rounds N` the whole sequence runs N times and each figure is
+//! the median of its rounds (see [`combine`]): on a small VM a single latency figure lands in
+//! one of two scheduling modes about 15 µs apart, for every userspace path alike, so one round's
+//! ratio is partly luck. Non-goal: pinning CPUs (the report names the machine so runs can be
+//! compared on the same one).
 
 pub mod guest;
 pub mod latency;
@@ -139,6 +142,8 @@ pub struct Options {
     pub mtus: Vec<u32>,
     pub duration: Duration,
     pub hold: u64,
+    /// How often every path is measured, in turn; each figure is the median of its rounds.
+    pub rounds: u32,
     /// The bench's directory (0755): bin/tapir, run/ (0777) for sockets and logs.
     pub dir: PathBuf,
 }
@@ -151,6 +156,8 @@ pub struct PathRun {
     pub cdfs: BTreeMap<&'static str, Vec<[f64; 2]>>,
     /// What went wrong, one sentence each.
     pub notes: Vec<String>,
+    /// Every round's figures, in the order they were measured (one entry per round).
+    pub rounds: Vec<BTreeMap<&'static str, f64>>,
 }
 
 /// Everything one `tapir bench` measured.
@@ -195,39 +202,118 @@ pub fn run(options: Options) -> Result<Results, String> {
             results.skipped.push((path, reason));
         }
     }
-    for &mtu in &options.mtus {
-        for &path in &options.paths {
-            if results.skipped.iter().any(|(p, _)| *p == path) {
-                continue;
-            }
-            eprintln!("tapir bench: {} at MTU {mtu} ...", path.name());
-            let mut run = PathRun {
-                notes: notes.clone(),
-                ..PathRun::default()
-            };
-            match Guest::start(path, mtu, &options.dir) {
-                Ok(mut guest) => {
-                    measure(&mut guest, &options, &mut run);
-                    if let Some(pid) = guest.helper_pid() {
-                        put(&mut run, "peak_rss_mib", guest::vm_mib(pid, "VmHWM:"));
-                    }
+    let mut measured: BTreeMap<(PathKind, u32), Vec<PathRun>> = BTreeMap::new();
+    for round in 1..=options.rounds {
+        for &mtu in &options.mtus {
+            for &path in &options.paths {
+                if results.skipped.iter().any(|(p, _)| *p == path) {
+                    continue;
                 }
-                Err(e) => run
-                    .notes
-                    .push(format!("{} did not start: {e}", path.name())),
+                let label = if options.rounds > 1 {
+                    format!(
+                        "{} at MTU {mtu}, round {round}/{}",
+                        path.name(),
+                        options.rounds
+                    )
+                } else {
+                    format!("{} at MTU {mtu}", path.name())
+                };
+                eprintln!("tapir bench: {label} ...");
+                let run = measure_once(path, mtu, &options);
+                servers.release_held();
+                for note in &run.notes {
+                    eprintln!("tapir bench: {label}: {note}");
+                }
+                measured.entry((path, mtu)).or_default().push(run);
             }
-            servers.release_held();
-            for note in &run.notes {
-                eprintln!("tapir bench: {} at MTU {mtu}: {note}", path.name());
-            }
-            results.runs.insert((path, mtu), run);
         }
+    }
+    for (key, rounds) in measured {
+        let mut run = combine(rounds);
+        run.notes.splice(0..0, notes.iter().cloned());
+        results.runs.insert(key, run);
     }
     if let Some(mut child) = iperf {
         let _ = child.kill();
         let _ = child.wait();
     }
     Ok(results)
+}
+
+/// One round of one path at one MTU: its own guest, every scenario.
+fn measure_once(path: PathKind, mtu: u32, options: &Options) -> PathRun {
+    let mut run = PathRun::default();
+    match Guest::start(path, mtu, &options.dir) {
+        Ok(mut guest) => {
+            measure(&mut guest, options, &mut run);
+            if let Some(pid) = guest.helper_pid() {
+                put(&mut run, "peak_rss_mib", guest::vm_mib(pid, "VmHWM:"));
+            }
+        }
+        Err(e) => run
+            .notes
+            .push(format!("{} did not start: {e}", path.name())),
+    }
+    run
+}
+
+/// The rounds of one path at one MTU as one set of figures: each metric is the median of the
+/// rounds that measured it (the mean of the middle two for an even count), except the peak
+/// RSS, which is the highest. A latency CDF is the one of the round whose p50 is nearest that
+/// median, so the curve agrees with the table. Notes keep their round when there are several.
+pub fn combine(rounds: Vec<PathRun>) -> PathRun {
+    let mut run = PathRun::default();
+    let keys: std::collections::BTreeSet<&'static str> = rounds
+        .iter()
+        .flat_map(|r| r.metrics.keys().copied())
+        .collect();
+    for key in keys {
+        let mut values: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r.metrics.get(key).copied())
+            .collect();
+        values.sort_by(f64::total_cmp);
+        let value = if key == "peak_rss_mib" {
+            values[values.len() - 1]
+        } else {
+            let mid = values.len() / 2;
+            if values.len() % 2 == 1 {
+                values[mid]
+            } else {
+                (values[mid - 1] + values[mid]) / 2.0
+            }
+        };
+        run.metrics.insert(key, value);
+    }
+    let scenarios: std::collections::BTreeSet<&'static str> =
+        rounds.iter().flat_map(|r| r.cdfs.keys().copied()).collect();
+    for scenario in scenarios {
+        let p50 = format!("{scenario}_p50_us");
+        let target = run.metrics.get(p50.as_str()).copied();
+        let distance = |r: &PathRun| match (r.metrics.get(p50.as_str()), target) {
+            (Some(v), Some(t)) => (v - t).abs(),
+            _ => f64::INFINITY,
+        };
+        let chosen = rounds
+            .iter()
+            .filter(|r| r.cdfs.contains_key(scenario))
+            .min_by(|a, b| distance(a).total_cmp(&distance(b)));
+        if let Some(curve) = chosen.and_then(|r| r.cdfs.get(scenario)) {
+            run.cdfs.insert(scenario, curve.clone());
+        }
+    }
+    let several = rounds.len() > 1;
+    for (i, round) in rounds.into_iter().enumerate() {
+        for note in round.notes {
+            run.notes.push(if several {
+                format!("round {}: {note}", i + 1)
+            } else {
+                note
+            });
+        }
+        run.rounds.push(round.metrics);
+    }
+    run
 }
 
 fn measure(guest: &mut Guest, options: &Options, run: &mut PathRun) {
@@ -599,6 +685,8 @@ pub enum BenchError {
     UnknownScenario(String),
     #[error("--duration {0} is not a number of seconds between 0.1 and 3600")]
     BadDuration(f64),
+    #[error("--rounds {0} is not a whole number between 1 and 20")]
+    BadRounds(u32),
     #[error("cannot draw {0}: only .svg plots are supported")]
     PlotFormat(PathBuf),
     #[error("cannot build the bench's private world: {0}")]
@@ -608,4 +696,58 @@ pub enum BenchError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn round(g2h: f64, p50: f64, rss: f64, note: Option<&str>) -> PathRun {
+        let mut run = PathRun::default();
+        run.metrics.insert("tcp_g2h_gbit_s", g2h);
+        run.metrics.insert("tcp_rr_p50_us", p50);
+        run.metrics.insert("peak_rss_mib", rss);
+        run.cdfs.insert("tcp_rr", vec![[p50, 1.0]]);
+        run.notes.extend(note.map(String::from));
+        run
+    }
+
+    #[test]
+    fn rounds_combine_into_medians_the_highest_peak_and_the_median_round_s_curve() {
+        let run = combine(vec![
+            round(14.0, 62.0, 40.0, None),
+            round(16.0, 47.0, 45.0, Some("udp_rr: no answer")),
+            round(15.0, 49.0, 41.0, None),
+        ]);
+        assert_eq!(run.metrics["tcp_g2h_gbit_s"], 15.0);
+        assert_eq!(run.metrics["tcp_rr_p50_us"], 49.0);
+        assert_eq!(run.metrics["peak_rss_mib"], 45.0);
+        assert_eq!(run.cdfs["tcp_rr"], vec![[49.0, 1.0]]);
+        assert_eq!(run.notes, vec!["round 2: udp_rr: no answer".to_string()]);
+        let g2h: Vec<f64> = run.rounds.iter().map(|r| r["tcp_g2h_gbit_s"]).collect();
+        assert_eq!(g2h, vec![14.0, 16.0, 15.0]);
+    }
+
+    #[test]
+    fn an_even_count_takes_the_middle_two_and_a_missing_figure_is_skipped() {
+        let mut failed = PathRun::default();
+        failed.notes.push("tcp_stream: iperf3 failed".into());
+        let run = combine(vec![
+            round(10.0, 50.0, 40.0, None),
+            failed,
+            round(14.0, 60.0, 40.0, None),
+        ]);
+        assert_eq!(run.metrics["tcp_g2h_gbit_s"], 12.0);
+        assert_eq!(run.metrics["tcp_rr_p50_us"], 55.0);
+        assert_eq!(run.rounds.len(), 3);
+        assert!(run.rounds[1].is_empty());
+    }
+
+    #[test]
+    fn one_round_is_left_as_it_was_measured() {
+        let run = combine(vec![round(9.0, 40.0, 12.0, Some("pasta did not start"))]);
+        assert_eq!(run.metrics["tcp_g2h_gbit_s"], 9.0);
+        assert_eq!(run.notes, vec!["pasta did not start".to_string()]);
+        assert_eq!(run.rounds.len(), 1);
+    }
 }

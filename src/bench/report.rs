@@ -124,9 +124,13 @@ pub fn table(results: &Results) -> String {
     for (tool, version) in &results.tools {
         let _ = writeln!(out, "  {tool}: {version}");
     }
+    let rounds = match results.options.rounds {
+        1 => String::new(),
+        n => format!(", each figure the median of {n} rounds"),
+    };
     let _ = writeln!(
         out,
-        "{} s per measurement; ratios: this path / slirp4netns and / kernel, same MTU, this run",
+        "{} s per measurement{rounds}; ratios: this path / slirp4netns and / kernel, same MTU, this run",
         results.options.duration.as_secs_f64()
     );
     for path in results.options.paths.iter() {
@@ -206,6 +210,7 @@ pub fn to_json(results: &Results) -> serde_json::Value {
             "mtus": results.options.mtus,
             "duration_s": results.options.duration.as_secs_f64(),
             "hold": results.options.hold,
+            "rounds": results.options.rounds,
         },
         "paths": PathKind::ALL.iter().map(|p| json!({"name": p.name(), "description": p.description()})).collect::<Vec<_>>(),
         "skipped": results.skipped.iter().map(|(p, r)| json!({"path": p.name(), "reason": r})).collect::<Vec<_>>(),
@@ -233,6 +238,7 @@ fn run_json(results: &Results, path: PathKind, mtu: u32, run: &PathRun) -> serde
         "ratios": ratios,
         "cdf_us": run.cdfs,
         "notes": run.notes,
+        "rounds": run.rounds,
     })
 }
 
@@ -472,6 +478,7 @@ mod test {
                 mtus: vec![1500],
                 duration: Duration::from_secs(1),
                 hold: 10,
+                rounds: 3,
                 dir: "/nonexistent".into(),
             },
             machine: "test <machine>".into(),
@@ -549,6 +556,10 @@ mod test {
         );
         assert!(
             text.contains("skipped pasta: pasta is not installed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 s per measurement, each figure the median of 3 rounds;"),
             "{text}"
         );
         assert!(

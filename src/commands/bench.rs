@@ -102,6 +102,10 @@ fn options(args: &BenchArgs) -> Result<Options, Error> {
     if !(0.1..=3600.0).contains(&secs) {
         return Err(BenchError::BadDuration(secs).into());
     }
+    let rounds = args.rounds.unwrap_or(1);
+    if !(1..=20).contains(&rounds) {
+        return Err(BenchError::BadRounds(rounds).into());
+    }
     if let Some(plot) = &args.plot
         && plot.extension().and_then(|e| e.to_str()) != Some("svg")
     {
@@ -113,6 +117,7 @@ fn options(args: &BenchArgs) -> Result<Options, Error> {
         mtus,
         duration: Duration::from_secs_f64(secs),
         hold: args.hold.unwrap_or(if args.quick { 1_000 } else { 10_000 }),
+        rounds,
         dir: PathBuf::new(),
     })
 }
