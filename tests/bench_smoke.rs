@@ -8,9 +8,12 @@
 //! 65534, so the only requirement is root and iperf3; without them this skips, and with
 //! `CI=true` (where .ci/run installs iperf3) it fails instead.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 const TAPIR: &str = env!("CARGO_BIN_EXE_tapir");
 
@@ -26,6 +29,35 @@ fn cannot_run() -> Option<String> {
     let iperf3 = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("iperf3").is_file()));
     (!iperf3).then(|| "iperf3 is not installed".into())
+}
+
+/// Whether the bench can run here; in CI it must.
+fn runnable() -> bool {
+    let Some(reason) = cannot_run() else {
+        return true;
+    };
+    assert!(
+        !in_ci(),
+        "bench_smoke cannot run in CI, where .ci/run provides everything: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// Runs `tapir bench ARGS --json DIR/bench.json`, which must succeed, in a fresh scratch
+/// directory `DIR`; returns the directory, the table and the JSON (as text and parsed).
+fn bench(name: &str, args: &[&str], limit: Duration) -> (PathBuf, String, String, Value) {
+    let dir = std::env::temp_dir().join(format!("tapir-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let json = dir.join("bench.json");
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend(["--json", json.to_str().unwrap_or_default()]);
+    let (code, stdout, stderr) = tapir(&all, limit);
+    assert_eq!(code, Some(0), "tapir bench failed:\n{stdout}\n{stderr}");
+    let text = std::fs::read_to_string(&json).expect("the --json file");
+    let doc = serde_json::from_str(&text).expect("valid JSON");
+    (dir, stdout, text, doc)
 }
 
 /// Runs `tapir ARGS` to its end (at most `limit`), returning (exit code, stdout, stderr).
@@ -68,21 +100,13 @@ fn tapir(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
 
 #[test]
 fn quick_bench_of_tapir_reports_every_figure() {
-    if let Some(reason) = cannot_run() {
-        assert!(
-            !in_ci(),
-            "bench_smoke cannot run in CI, where .ci/run provides everything: {reason}"
-        );
-        eprintln!("skipped: {reason}");
+    if !runnable() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("tapir-bench-smoke-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    let json = dir.join("bench.json");
-    let svg = dir.join("bench.svg");
-    let (code, stdout, stderr) = tapir(
+    let svg = std::env::temp_dir().join(format!("tapir-bench-smoke-{}.svg", std::process::id()));
+    let (dir, stdout, text, doc) = bench(
+        "bench-smoke-run",
         &[
-            "bench",
             "--quick",
             "--paths",
             "tapir",
@@ -90,20 +114,15 @@ fn quick_bench_of_tapir_reports_every_figure() {
             "1",
             "--hold",
             "200",
-            "--json",
-            json.to_str().unwrap_or_default(),
             "--plot",
             svg.to_str().unwrap_or_default(),
         ],
         Duration::from_secs(120),
     );
-    assert_eq!(code, Some(0), "tapir bench failed:\n{stdout}\n{stderr}");
     assert!(
         stdout.contains("TCP RR p50 µs"),
         "no table on stdout:\n{stdout}"
     );
-    let text = std::fs::read_to_string(&json).expect("the --json file");
-    let doc: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let runs = doc["runs"].as_array().expect("a runs array");
     assert_eq!(runs.len(), 1, "{text}");
     let run = &runs[0];
@@ -140,6 +159,7 @@ fn quick_bench_of_tapir_reports_every_figure() {
     assert_eq!(doc["options"]["paths"], serde_json::json!(["tapir"]));
     let plot = std::fs::read_to_string(&svg).expect("the --plot file");
     assert!(plot.starts_with("<svg") && plot.contains("<rect") && plot.contains("<polyline"));
+    let _ = std::fs::remove_file(&svg);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -171,20 +191,12 @@ fn bad_options_are_refused_naming_the_value() {
 
 #[test]
 fn rounds_are_each_kept_and_the_figure_is_their_median() {
-    if let Some(reason) = cannot_run() {
-        assert!(
-            !in_ci(),
-            "bench_smoke cannot run in CI, where .ci/run provides everything: {reason}"
-        );
-        eprintln!("skipped: {reason}");
+    if !runnable() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("tapir-bench-rounds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    let json = dir.join("bench.json");
-    let (code, stdout, stderr) = tapir(
+    let (dir, stdout, text, doc) = bench(
+        "bench-rounds",
         &[
-            "bench",
             "--paths",
             "tapir",
             "--scenarios",
@@ -195,18 +207,13 @@ fn rounds_are_each_kept_and_the_figure_is_their_median() {
             "0.5",
             "--rounds",
             "2",
-            "--json",
-            json.to_str().unwrap_or_default(),
         ],
         Duration::from_secs(60),
     );
-    assert_eq!(code, Some(0), "tapir bench failed:\n{stdout}\n{stderr}");
     assert!(
         stdout.contains("each figure the median of 2 rounds"),
         "{stdout}"
     );
-    let text = std::fs::read_to_string(&json).expect("the --json file");
-    let doc: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(doc["options"]["rounds"], 2);
     let run = &doc["runs"][0];
     let p50s: Vec<f64> = run["rounds"]
