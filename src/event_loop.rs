@@ -1140,8 +1140,17 @@ impl Network {
                 v
             }
         };
+        // Emit until smoltcp has nothing due now. Its `poll_at`, wanted anyway for the flow's
+        // timer, says so for less than the egress pass that would find nothing (a round
+        // trip's response is one segment: one pass, not two).
         let mut dev = Device::new(None, &mut self.tx, &self.caps);
-        while self.iface.poll_egress(t, &mut dev, &mut conn.set) != PollResult::None {}
+        let next = loop {
+            let emitted = self.iface.poll_egress(t, &mut dev, &mut conn.set) != PollResult::None;
+            let next = self.iface.poll_at(t, &conn.set);
+            if !emitted || next.is_none_or(|at| at > t) {
+                break next;
+            }
+        };
         if self.tx.is_full() {
             self.starved.push(id);
         }
@@ -1150,15 +1159,16 @@ impl Network {
             // makes smoltcp ask to be polled "now" until the connect ends (a timer for it
             // would fire again at once, forever), and the connect's end wakes the flow anyway.
             Verdict::Open if self.tcp[id].connecting => {}
-            Verdict::Open => self.schedule(t, id),
+            Verdict::Open => self.schedule(next, id),
             Verdict::Done => self.close_tcp(id, false),
             Verdict::Reset => self.close_tcp(id, true),
         }
     }
 
-    fn schedule(&mut self, t: smoltcp::time::Instant, id: usize) {
+    /// Queues flow `id`'s timer for `next`, what smoltcp's `poll_at` said of it.
+    fn schedule(&mut self, next: Option<smoltcp::time::Instant>, id: usize) {
         let conn = &mut self.tcp[id];
-        let Some(at) = self.iface.poll_at(t, &conn.set) else {
+        let Some(at) = next else {
             return;
         };
         if conn.timer.is_none_or(|queued| at < queued) {
