@@ -184,6 +184,9 @@ struct Listener {
 pub struct Network {
     registry: Registry,
     start: Instant,
+    /// The last clock reading turned into smoltcp's time: a turn asks for it half a dozen
+    /// times with the same reading, and the subtraction costs more than the comparison.
+    smol_clock: std::cell::Cell<(Instant, smoltcp::time::Instant)>,
     iface: Interface,
     caps: DeviceCapabilities,
     pub tx: TxQueue,
@@ -290,6 +293,7 @@ impl Network {
         let mut net = Network {
             registry,
             start: now,
+            smol_clock: std::cell::Cell::new((now, smoltcp::time::Instant::from_micros(0))),
             iface,
             caps,
             tx,
@@ -424,9 +428,15 @@ impl Network {
     }
 
     fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
-        smoltcp::time::Instant::from_micros(
-            now.saturating_duration_since(self.start).as_micros() as i64
-        )
+        let (last, t) = self.smol_clock.get();
+        if now == last {
+            return t;
+        }
+        let t = smoltcp::time::Instant::from_micros(
+            now.saturating_duration_since(self.start).as_micros() as i64,
+        );
+        self.smol_clock.set((now, t));
+        t
     }
 
     /// The source address for a host socket towards `dst` (`--outbound-addr[6]`). Loopback
