@@ -8,14 +8,13 @@
 //!    flow's own smoltcp `SocketSet` (`poll_ingress_single`) and the flow is marked dirty;
 //!    host sockets set their flow's readiness flags and mark it dirty;
 //! 2. dirty flows are pumped once (host bytes ⇄ smoltcp rings) and their segments emitted;
-//!    expired smoltcp timers are serviced from a heap keyed by each flow's `poll_at`;
+//!    expired smoltcp timers are serviced from an ordered set holding each flow's `poll_at`;
 //! 3. the frame queue is written to the TAP until it is empty or the TAP would block.
 //!
-//! Nothing here scans every flow per packet: lookups are hash maps keyed by 4-tuple, timers a
-//! heap, and idle UDP/ICMP flows are swept once a second.
+//! Nothing here scans every flow per packet: lookups are hash maps keyed by 4-tuple, timers an
+//! ordered set, and idle UDP/ICMP flows are swept once a second.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -148,7 +147,8 @@ struct TcpConn {
     /// that answers a host connect failing as unreachable.
     syn: Option<Box<[u8]>>,
     dirty: bool,
-    /// The earliest smoltcp deadline queued in the timer heap for this flow.
+    /// This flow's entry in `Network::timers`: when smoltcp last said it wants the flow
+    /// polled (its `poll_at`).
     timer: Option<smoltcp::time::Instant>,
 }
 
@@ -213,7 +213,10 @@ pub struct Network {
     starved: Vec<usize>,
     /// Forwarded connections opened before the guest's MAC was known.
     awaiting_mac: Vec<usize>,
-    timers: BinaryHeap<Reverse<(smoltcp::time::Instant, usize)>>,
+    /// One entry per TCP flow that has a deadline, moved whenever smoltcp moves it. (A heap
+    /// can only add: a request/response flow's moot delayed-ACK deadlines were then serviced
+    /// for nothing once a millisecond, or, skipped lazily, piled up by the round trip.)
+    timers: BTreeSet<(smoltcp::time::Instant, usize)>,
     udp: Slab<UdpFlow>,
     udp_index: HashMap<FlowKey, usize>,
     /// Inbound UDP flows by (listener, host client).
@@ -326,7 +329,7 @@ impl Network {
             dirty: Vec::new(),
             starved: Vec::new(),
             awaiting_mac: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             udp: Slab::new(),
             udp_index: HashMap::new(),
             udp_inbound: HashMap::new(),
@@ -1175,20 +1178,25 @@ impl Network {
         }
     }
 
-    /// Queues flow `id`'s timer for `next`, what smoltcp's `poll_at` said of it.
+    /// Sets flow `id`'s timer to `next`, what smoltcp's `poll_at` said of it.
     fn schedule(&mut self, next: Option<smoltcp::time::Instant>, id: usize) {
         let conn = &mut self.tcp[id];
-        let Some(at) = next else {
+        if conn.timer == next {
             return;
-        };
-        if conn.timer.is_none_or(|queued| at < queued) {
-            conn.timer = Some(at);
-            self.timers.push(Reverse((at, id)));
+        }
+        if let Some(old) = std::mem::replace(&mut conn.timer, next) {
+            self.timers.remove(&(old, id));
+        }
+        if let Some(at) = next {
+            self.timers.insert((at, id));
         }
     }
 
     fn close_tcp(&mut self, id: usize, reset: bool) {
         let conn = self.tcp.remove(id);
+        if let Some(at) = conn.timer {
+            self.timers.remove(&(at, id));
+        }
         self.tcp_index.remove(&conn.key);
         self.buffers.release(conn.ring);
         if conn.connecting {
@@ -1604,23 +1612,19 @@ impl Network {
     pub fn handle_timers(&mut self, now: Instant) {
         let t = self.smol_now(now);
         // Take what is due first, then service it: a flow that cannot emit (the queue towards
-        // the guest is full) asks to be polled "now" again, and servicing it from the heap
-        // directly would pop and push it forever, the loop stuck and `starved` growing.
+        // the guest is full) asks to be polled "now" again, and servicing it from the set
+        // directly would take and put it back forever, the loop stuck and `starved` growing.
         let mut due = Vec::new();
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
+        while let Some(&(at, id)) = self.timers.first() {
             if at > t {
                 break;
             }
-            self.timers.pop();
-            due.push((at, id));
+            self.timers.pop_first();
+            self.tcp[id].timer = None;
+            due.push(id);
         }
-        for (at, id) in due {
-            if let Some(conn) = self.tcp.get_mut(id)
-                && conn.timer == Some(at)
-            {
-                conn.timer = None;
-                self.service(now, id);
-            }
+        for id in due {
+            self.service(now, id);
         }
         if self.dns.poll_at().is_some_and(|at| at <= now) {
             for q in self.dns.handle_timeout(now) {
@@ -1675,7 +1679,7 @@ impl Network {
     /// When the loop should wake up at the latest.
     pub fn poll_at(&self) -> Instant {
         let mut at = self.next_sweep;
-        if let Some(&Reverse((t, _))) = self.timers.peek() {
+        if let Some(&(t, _)) = self.timers.first() {
             let t = self.start + Duration::from_micros(t.total_micros().max(0) as u64);
             at = at.min(t);
         }
@@ -2414,6 +2418,70 @@ mod test {
             net.starved.len()
         );
         assert_eq!(net.tcp_pending, 0);
+    }
+
+    /// A request's ACK leaves with its response, so the 1 ms delayed-ACK deadline the request
+    /// set is moot: it must not stay the flow's timer (it cost a service for nothing once a
+    /// millisecond on a busy flow, and a wake-up per request on one that pauses).
+    #[test]
+    fn a_moot_delayed_ack_deadline_does_not_wake_the_loop() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (_poll, mut net) = network(Limits::default());
+        let t0 = Instant::now();
+        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        net.handle_frame(t0, &syn([10, 0, 2, 2], port));
+        let id = net.tcp_index.values().copied().next().unwrap();
+        let (mut host, _) = listener.accept().unwrap();
+        net.tcp_ready(id, false, true, false);
+        net.service_dirty(t0);
+        let synack = sent(&mut net)
+            .into_iter()
+            .find(|f| tcp_flags(f) == Some((true, false)))
+            .expect("a SYN-ACK");
+        let ip = Ipv4Packet::new_checked(&synack[14..]).unwrap();
+        let their_seq = TcpPacket::new_checked(ip.payload()).unwrap().seq_number();
+
+        let request = segment_with(port, TcpSeqNumber(2), their_seq + 1, b"ping");
+        net.handle_frame(t0, &request);
+        net.service_dirty(t0);
+        let mut got = [0; 4];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        let one_ms = t0 + Duration::from_millis(1);
+        assert!(
+            net.poll_at() <= one_ms,
+            "the request's ACK waits for a response"
+        );
+
+        host.write_all(b"pong").unwrap();
+        net.tcp_ready(id, true, false, false);
+        net.service_dirty(t0);
+        let response = sent(&mut net);
+        assert!(
+            response.iter().any(|f| f.ends_with(b"pong")),
+            "the response left"
+        );
+        assert!(
+            net.poll_at() > t0 + Duration::from_millis(100),
+            "the moot deadline is still the next wake-up"
+        );
+    }
+
+    /// A guest segment with the ACK flag and `payload`, from the port [`segment`] uses.
+    fn segment_with(port: u16, seq: TcpSeqNumber, ack: TcpSeqNumber, payload: &[u8]) -> Vec<u8> {
+        let mut f = segment([10, 0, 2, 2], port, TcpControl::Psh, Some(ack));
+        f.extend_from_slice(payload);
+        let ip_len = (f.len() - 14) as u16;
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+        ip.set_total_len(ip_len);
+        ip.fill_checksum();
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let mut tcp = TcpPacket::new_unchecked(&mut f[34..]);
+        tcp.set_seq_number(seq);
+        tcp.fill_checksum(&src.into(), &dst.into());
+        f
     }
 
     /// A host connect that fails as unreachable after a while answers the guest's SYN with ICMP
