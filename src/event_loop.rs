@@ -2290,11 +2290,23 @@ mod test {
         control: TcpControl,
         ack_number: Option<TcpSeqNumber>,
     ) -> Vec<u8> {
+        segment_with(dst, port, control, TcpSeqNumber(1), ack_number, &[])
+    }
+
+    /// A guest segment from port 40000 + `port` to `dst`:`port`.
+    fn segment_with(
+        dst: [u8; 4],
+        port: u16,
+        control: TcpControl,
+        seq_number: TcpSeqNumber,
+        ack_number: Option<TcpSeqNumber>,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let tcp = TcpRepr {
             src_port: 40000 + port,
             dst_port: port,
             control,
-            seq_number: TcpSeqNumber(1),
+            seq_number,
             ack_number,
             window_len: 64240,
             window_scale: Some(7),
@@ -2302,7 +2314,7 @@ mod test {
             sack_permitted: false,
             sack_ranges: [None; 3],
             timestamp: None,
-            payload: &[],
+            payload,
         };
         let ip = Ipv4Repr {
             src_addr: Ipv4Addr::new(10, 0, 2, 100),
@@ -2443,7 +2455,14 @@ mod test {
         let ip = Ipv4Packet::new_checked(&synack[14..]).unwrap();
         let their_seq = TcpPacket::new_checked(ip.payload()).unwrap().seq_number();
 
-        let request = segment_with(port, TcpSeqNumber(2), their_seq + 1, b"ping");
+        let request = segment_with(
+            [10, 0, 2, 2],
+            port,
+            TcpControl::Psh,
+            TcpSeqNumber(2),
+            Some(their_seq + 1),
+            b"ping",
+        );
         net.handle_frame(t0, &request);
         net.service_dirty(t0);
         let mut got = [0; 4];
@@ -2467,21 +2486,6 @@ mod test {
             net.poll_at() > t0 + Duration::from_millis(100),
             "the moot deadline is still the next wake-up"
         );
-    }
-
-    /// A guest segment with the ACK flag and `payload`, from the port [`segment`] uses.
-    fn segment_with(port: u16, seq: TcpSeqNumber, ack: TcpSeqNumber, payload: &[u8]) -> Vec<u8> {
-        let mut f = segment([10, 0, 2, 2], port, TcpControl::Psh, Some(ack));
-        f.extend_from_slice(payload);
-        let ip_len = (f.len() - 14) as u16;
-        let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
-        ip.set_total_len(ip_len);
-        ip.fill_checksum();
-        let (src, dst) = (ip.src_addr(), ip.dst_addr());
-        let mut tcp = TcpPacket::new_unchecked(&mut f[34..]);
-        tcp.set_seq_number(seq);
-        tcp.fill_checksum(&src.into(), &dst.into());
-        f
     }
 
     /// A host connect that fails as unreachable after a while answers the guest's SYN with ICMP
