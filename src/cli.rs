@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::forward::spec::PortForward;
+use crate::forward::to_host::ToHost;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,6 +143,11 @@ pub struct RunArgs {
     /// with no copy (the guest sees them come from 127.0.0.1, as with pasta).
     #[arg(long)]
     pub no_splice: bool,
+    /// Let the guest reach a host port on its own loopback: clients of the guest's
+    /// 127.0.0.1:GUEST_PORT go to the host's 127.0.0.1:HOST_PORT (the same port if omitted),
+    /// spliced with no copy, as pasta's -T does. TCP only. Repeatable.
+    #[arg(short = 'T', long = "tcp-ns", value_name = "GUEST_PORT[:HOST_PORT]")]
+    pub to_host: Vec<ToHost>,
     /// MTU of the guest's interface: tap0 (default 65520), or with --network bridge the veth
     /// pair (default: the kernel's, 1500).
     #[arg(long)]

@@ -28,6 +28,12 @@ pub enum ConfigError {
         "--limit tcp-buffer-total={total} is too small: it must hold at least two buffers of tcp-buffer={per_flow} bytes"
     )]
     TcpBufferTotal { total: usize, per_flow: usize },
+    #[error(
+        "-T {0} reaches the host's loopback, which --disable-host-loopback closes to the guest"
+    )]
+    ToHostWithoutLoopback(crate::forward::to_host::ToHost),
+    #[error("-T names the guest's port {0} twice: each guest port can go to one host port only")]
+    ToHostTwice(u16),
     #[error("no command given: tapir run needs one after its options, as in `tapir run -- sh`")]
     NoCommand,
     #[error("--limit {0:?} is not of the form NAME=NUMBER, as in tcp-flows=4096")]

@@ -48,6 +48,7 @@ use crate::flow::tcp::{
 };
 use crate::flow::udp::{self, UdpFlow, UdpKind};
 use crate::forward::spec::{PortForward, Proto};
+use crate::forward::to_host::ToHost;
 use crate::namespace::factory::SocketFactory;
 use crate::service::dhcp::DhcpServer;
 use crate::service::dns::DnsRelay;
@@ -70,6 +71,8 @@ pub enum LoopError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot watch the guest's loopback listener for -T: {0}")]
+    ToHost(#[source] io::Error),
     #[error("cannot open the DNS forwarder's socket: {0}")]
     DnsSocket(#[source] io::Error),
     #[error("reading the TAP device failed: {0}")]
@@ -123,6 +126,8 @@ const KIND_API: usize = 5;
 const KIND_SPLICE_HOST: usize = 6;
 /// The socket inside the guest's namespace of a spliced forward.
 const KIND_SPLICE_GUEST: usize = 7;
+/// A `-T` listener on the guest's loopback.
+const KIND_TO_HOST: usize = 8;
 
 fn token(kind: usize, index: usize) -> Token {
     Token((kind << KIND_SHIFT) | index)
@@ -152,17 +157,56 @@ struct TcpConn {
     timer: Option<smoltcp::time::Instant>,
 }
 
-/// A forward from a host client on loopback spliced to the guest's own loopback
-/// (`flow::splice`).
+/// A connection between the host's loopback and the guest's, spliced (`flow::splice`).
 struct SplicedConn {
     io: SplicedSockets<mio::net::TcpStream>,
     relay: Relay,
-    /// The connect to the guest's loopback has not finished.
-    connecting: bool,
-    /// Where the TAP path would deliver the client, should the guest's loopback refuse it.
-    guest: Ipv4Addr,
-    guest_port: u16,
-    client: SocketAddr,
+    /// The side whose connect has not finished: the guest's for a `-p` client, the host's
+    /// for a `-T` one. Until it finishes, nothing moves.
+    connecting: Option<Side>,
+    origin: SpliceOrigin,
+}
+
+/// Who opened a spliced connection.
+#[derive(Debug, Clone, Copy)]
+enum SpliceOrigin {
+    /// A `-p` client on the host's loopback, and where the TAP path would deliver it should
+    /// the guest's loopback refuse it.
+    Forward {
+        client: SocketAddr,
+        guest: Ipv4Addr,
+        guest_port: u16,
+    },
+    /// A `-T` client on the guest's loopback, for the host's 127.0.0.1:`host_port`.
+    ToHost { client: SocketAddr, host_port: u16 },
+}
+
+impl std::fmt::Display for SpliceOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpliceOrigin::Forward {
+                client, guest_port, ..
+            } => write!(f, "forward {client} -> guest 127.0.0.1:{guest_port}"),
+            SpliceOrigin::ToHost { client, host_port } => {
+                write!(f, "-T guest {client} -> host 127.0.0.1:{host_port}")
+            }
+        }
+    }
+}
+
+/// A `-T` forward: a listener on the guest's 127.0.0.1 (made there before the command ran).
+struct ToHostListener {
+    socket: mio::net::TcpListener,
+    fwd: ToHost,
+}
+
+/// What the guest's namespace handed over besides the TAP (`tapir run` only).
+#[derive(Default)]
+pub struct GuestSockets {
+    /// Makes sockets in the guest's namespace, for spliced `-p` forwards.
+    pub factory: Option<SocketFactory>,
+    /// Listeners on the guest's 127.0.0.1, each with the `-T` forward it serves.
+    pub to_host: Vec<(OwnedFd, ToHost)>,
 }
 
 enum ListenerSocket {
@@ -230,6 +274,7 @@ pub struct Network {
     splices: Slab<SplicedConn>,
     /// Makes sockets in the guest's namespace; `None` when splicing is off or failed.
     factory: Option<SocketFactory>,
+    to_host: Vec<ToHostListener>,
     dns: DnsRelay,
     dns_socket: mio::net::UdpSocket,
     next_sweep: Instant,
@@ -340,6 +385,7 @@ impl Network {
             next_forward_id: 1,
             splices: Slab::new(),
             factory: None,
+            to_host: Vec::new(),
             dns,
             dns_socket,
             next_sweep: now + Duration::from_secs(1),
@@ -1077,6 +1123,7 @@ impl Network {
             KIND_LISTENER => self.listener_ready(now, index),
             KIND_SPLICE_HOST => self.splice_ready(index, Side::Host, readable, writable),
             KIND_SPLICE_GUEST => self.splice_ready(index, Side::Guest, readable, writable),
+            KIND_TO_HOST => self.accept_to_host(index),
             _ => {}
         }
     }
@@ -1205,8 +1252,8 @@ impl Network {
         let mut host = conn.host;
         let _ = self.registry.deregister(&mut host);
         if reset {
-            // Linger 0 makes close() send a RST: the host peer learns the guest reset.
-            let _ = socket2::SockRef::from(&host).set_linger(Some(Duration::ZERO));
+            // The host peer learns the guest reset.
+            reset_on_close(&host);
         }
         self.stats.tcp_closed += 1;
         log::debug!(
@@ -1489,10 +1536,12 @@ impl Network {
         entry.insert(SplicedConn {
             io,
             relay,
-            connecting,
-            guest: guest_ip,
-            guest_port,
-            client,
+            connecting: connecting.then_some(Side::Guest),
+            origin: SpliceOrigin::Forward {
+                client,
+                guest: guest_ip,
+                guest_port,
+            },
         });
         self.stats.tcp_spliced += 1;
         log::debug!("forward {client} -> guest {target}: spliced");
@@ -1507,12 +1556,16 @@ impl Network {
             return;
         };
         conn.relay.ready(side, readable, writable);
-        if conn.connecting {
-            if side == Side::Host {
+        if let Some(pending) = conn.connecting {
+            if side != pending {
                 return;
             }
-            match connect_outcome(&conn.io.guest) {
-                Some(Ok(())) => conn.connecting = false,
+            let stream = match pending {
+                Side::Host => &conn.io.host,
+                Side::Guest => &conn.io.guest,
+            };
+            match connect_outcome(stream) {
+                Some(Ok(())) => conn.connecting = None,
                 Some(Err(_)) => return self.splice_refused(id),
                 None => return,
             }
@@ -1524,17 +1577,25 @@ impl Network {
         }
     }
 
-    /// The guest's loopback refused (its server listens on its TAP address only, say): the
-    /// client goes through the TAP after all. Nothing was read from it yet.
+    /// The connect failed. For a `-p` client, the guest's loopback refused (its server
+    /// listens on its TAP address only, say): the client goes through the TAP after all.
+    /// Nothing was read from it yet. For a `-T` client, the host refused: the guest's
+    /// client is reset, as it would be by a refusing server.
     fn splice_refused(&mut self, id: usize) {
-        let conn = self.splices.remove(id);
-        let host = unwatch_splice(&self.registry, conn.io);
-        log::debug!(
-            "forward {} -> guest 127.0.0.1:{} refused; through the TAP instead",
-            conn.client,
-            conn.guest_port
-        );
-        self.forward_through_stack(host, conn.client, conn.guest, conn.guest_port);
+        let origin = self.splices[id].origin;
+        log::debug!("{origin}: refused");
+        match origin {
+            SpliceOrigin::Forward {
+                client,
+                guest,
+                guest_port,
+            } => {
+                let conn = self.splices.remove(id);
+                let host = unwatch_splice(&self.registry, conn.io);
+                self.forward_through_stack(host, client, guest, guest_port);
+            }
+            SpliceOrigin::ToHost { .. } => self.close_splice(id, true),
+        }
     }
 
     fn close_splice(&mut self, id: usize, reset: bool) {
@@ -1542,14 +1603,100 @@ impl Network {
         for sock in [&mut conn.io.host, &mut conn.io.guest] {
             let _ = self.registry.deregister(sock);
             if reset {
-                let _ = socket2::SockRef::from(&*sock).set_linger(Some(Duration::ZERO));
+                reset_on_close(sock);
             }
         }
         log::debug!(
-            "forward {} spliced: closed{}",
-            conn.client,
+            "{} spliced: closed{}",
+            conn.origin,
             if reset { " (reset)" } else { "" }
         );
+    }
+
+    /// Serves a `-T` forward on `fd`, a listener the guest's namespace made on its loopback.
+    fn add_to_host(&mut self, fd: OwnedFd, fwd: ToHost) -> io::Result<()> {
+        let mut socket = mio::net::TcpListener::from_std(std::net::TcpListener::from(fd));
+        let t = token(KIND_TO_HOST, self.to_host.len());
+        self.registry.register(&mut socket, t, Interest::READABLE)?;
+        self.to_host.push(ToHostListener { socket, fwd });
+        Ok(())
+    }
+
+    /// Takes the guest's clients of a `-T` port to the host's loopback, spliced.
+    fn accept_to_host(&mut self, index: usize) {
+        let Some(fwd) = self.to_host.get(index).map(|l| l.fwd) else {
+            return;
+        };
+        loop {
+            let (guest, client) = match self.to_host[index].socket.accept() {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::debug!("accept on the guest's 127.0.0.1:{}: {e}", fwd.guest_port);
+                    self.stats.drop(DropReason::HostSocket);
+                    return;
+                }
+            };
+            if self.tcp.len() + self.splices.len() >= self.limits.max_tcp_flows {
+                self.stats.drop(DropReason::TcpFlowLimit);
+                reset_on_close(&guest);
+                continue;
+            }
+            self.splice_to_host(guest, client, fwd);
+        }
+    }
+
+    /// Connects to the host's 127.0.0.1 for a `-T` client and splices the two; the relay
+    /// starts once the connect is done.
+    fn splice_to_host(&mut self, guest: mio::net::TcpStream, client: SocketAddr, fwd: ToHost) {
+        let origin = SpliceOrigin::ToHost {
+            client,
+            host_port: fwd.host_port,
+        };
+        let target = SocketAddr::from((Ipv4Addr::LOCALHOST, fwd.host_port));
+        let host = match mio::net::TcpStream::connect(target) {
+            Ok(host) => host,
+            Err(e) => {
+                log::debug!("{origin}: {e}");
+                self.stats.drop(DropReason::HostSocket);
+                return reset_on_close(&guest);
+            }
+        };
+        let _ = host.set_nodelay(true);
+        let _ = guest.set_nodelay(true);
+        let mut io = match SplicedSockets::new(host, guest) {
+            Ok(io) => io,
+            Err((e, _)) => {
+                log::debug!("{origin}: no pipes for a splice ({e})");
+                self.stats.drop(DropReason::HostSocket);
+                return;
+            }
+        };
+        let entry = self.splices.vacant_entry();
+        let id = entry.key();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self
+            .registry
+            .register(&mut io.host, token(KIND_SPLICE_HOST, id), both)
+            .and_then(|()| {
+                self.registry
+                    .register(&mut io.guest, token(KIND_SPLICE_GUEST, id), both)
+            })
+        {
+            log::debug!("{origin}: cannot watch the spliced sockets ({e})");
+            let _ = self.registry.deregister(&mut io.host);
+            let _ = self.registry.deregister(&mut io.guest);
+            return reset_on_close(&io.guest);
+        }
+        let relay = Relay::new(io.pipe_size());
+        entry.insert(SplicedConn {
+            io,
+            relay,
+            connecting: Some(Side::Host),
+            origin,
+        });
+        self.stats.tcp_spliced += 1;
+        log::debug!("{origin}: spliced");
     }
 
     fn forward_udp(&mut self, now: Instant, index: usize) {
@@ -1809,6 +1956,11 @@ fn udp_frame(
 
 /// Where a non-blocking connect stands: done (`Some(Ok)`), failed (`Some(Err)`, with the
 /// reason), or still under way (`None`).
+/// Linger 0: closing `stream` sends a RST rather than a FIN.
+fn reset_on_close(stream: &mio::net::TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
 fn connect_outcome(stream: &mio::net::TcpStream) -> Option<io::Result<()>> {
     match stream.take_error() {
         Ok(None) => match stream.peer_addr() {
@@ -1911,11 +2063,14 @@ pub fn serve(
     config: &NetworkConfig,
     lifetime: Lifetime,
     api: Option<ApiServer>,
-    factory: Option<SocketFactory>,
+    guest: GuestSockets,
     ready: impl FnOnce() -> Result<(), String>,
 ) -> Result<Ending, LoopError> {
     let mut driver = Driver::new(tap, config, lifetime, api)?;
-    driver.net.factory = factory;
+    driver.net.factory = guest.factory;
+    for (fd, fwd) in guest.to_host {
+        driver.net.add_to_host(fd, fwd).map_err(LoopError::ToHost)?;
+    }
     ready().map_err(LoopError::Ready)?;
     let mut ending = driver.initial_ending();
     while ending.is_none() {

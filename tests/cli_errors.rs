@@ -40,6 +40,10 @@ rejects 10.0.2.0/33 --cidr 10.0.2.0/33 -- "${ran[@]}"
 rejects 10.0.2 --cidr 10.0.2 -- "${ran[@]}"
 rejects abc --mtu abc -- "${ran[@]}"
 rejects 100 --mtu 100 -- "${ran[@]}"
+rejects 8000-8010 -T 8000-8010 -- "${ran[@]}"
+rejects 80:0 -T 80:0 -- "${ran[@]}"
+rejects 5432 -T 5432 -T 5432:5433 -- "${ran[@]}"
+rejects --disable-host-loopback --disable-host-loopback -T 5432 -- "${ran[@]}"
 # No command at all: the message must say a command is missing.
 rejects command
 rejects command --
@@ -60,7 +64,7 @@ fn well_formed_options_are_accepted() {
     World::tapir("cli_accepts").run_ok(
         r#"
 tapir_run -p 127.0.0.1:18080:80/tcp -p 18081:81/udp -p 18082:82 --cidr 10.0.3.0/24 --mtu 1500 \
-    -- touch "$W/tmp/ran"
+    -T 5432 -T 8080:80 -- touch "$W/tmp/ran"
 check test -e "$W/tmp/ran"
 "#,
     );

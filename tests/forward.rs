@@ -175,3 +175,35 @@ check_eq "processes of these tapir runs left after them" "$left" ""
 "#,
         );
 }
+
+/// `-T`: the guest's clients of its own 127.0.0.1 reach the host's, spliced. The first
+/// connect comes as soon as the command starts, so the listener must already be there; the
+/// host sees tapir's connection from its loopback; a host port nobody listens on resets the
+/// guest's client, and nothing arrives.
+#[test]
+fn guest_loopback_ports_reach_the_host_loopback() {
+    World::tapir("to_host").needs(&["socat", "python3"]).run_ok(
+        r#"
+start echo socat TCP-LISTEN:18110,bind=127.0.0.1,reuseaddr,fork EXEC:cat
+start whoami actor tcp-whoami 127.0.0.1 18112
+wait_port tcp 18110
+wait_port tcp 18112
+head -c 1000000 /dev/urandom > "$W/tmp/payload"
+want=$(sha256sum < "$W/tmp/payload")
+tapir_run -T 18111:18110 -T 18112 -T 18113:18114 -- bash -c '
+    cd "$1"
+    timeout 10 socat -t 5 - TCP:127.0.0.1:18111 < payload | sha256sum > echoed
+    timeout 10 socat -t 5 - TCP:127.0.0.1:18112 < /dev/null > whoami
+    rc=0
+    actor tcp-ask 127.0.0.1 18113 > refused 2>&1 || rc=$?
+    echo $rc > refused-rc' sh "$W/tmp"
+check_eq "sha256 of 1 MB echoed from the guest's 127.0.0.1:18111 to the host's 18110" \
+    "$(cat "$W/tmp/echoed")" "$want"
+check_eq "what the host's server saw of the guest's client" "$(cat "$W/tmp/whoami")" \
+    "peer 127.0.0.1"
+check_match "the guest's client of a closed host port" "$(cat "$W/tmp/refused")" \
+    "^tcp-ask failed: \[Errno 104\] Connection reset by peer$"
+check [ "$(cat "$W/tmp/refused-rc")" != 0 ]
+"#,
+    );
+}

@@ -12,7 +12,7 @@
 use crate::cli::RunArgs;
 use crate::config::{AddressPlan, ConfigError, Limits, check_mtu};
 use crate::error::Error;
-use crate::event_loop::{self, Ending, Lifetime, NetworkConfig};
+use crate::event_loop::{self, Ending, GuestSockets, Lifetime, NetworkConfig};
 use crate::namespace::{self, GuestCommand, TapConfig};
 use crate::service::dns::parse_resolv_conf;
 use crate::sys::sandbox::{self, SandboxError};
@@ -29,6 +29,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     if args.command.is_empty() {
         return Err(ConfigError::NoCommand.into());
     }
+    check_to_host(&args)?;
     // Read before the guest exists: this is the host's view, not the guest's.
     let nameservers = std::fs::read_to_string("/etc/resolv.conf")
         .map(|text| parse_resolv_conf(&text))
@@ -71,6 +72,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
                 .forwards
                 .iter()
                 .any(|f| f.proto == crate::forward::spec::Proto::Tcp),
+        loopback_ports: args.to_host.iter().map(|t| t.guest_port).collect(),
     };
     let tap = TapConfig {
         mac: None,
@@ -82,6 +84,11 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     let guest = namespace::spawn(&command, &tap)?;
     // After the spawn: the command keeps the limits it was given.
     crate::sys::raise_fd_limit();
+    let to_host = guest
+        .loopback_listeners
+        .into_iter()
+        .zip(args.to_host)
+        .collect();
     let sandbox = !args.no_sandbox;
     let confine = || {
         if !sandbox {
@@ -96,7 +103,10 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         &config,
         Lifetime::Child(guest.pid),
         None,
-        guest.factory,
+        GuestSockets {
+            factory: guest.factory,
+            to_host,
+        },
         confine,
     ) {
         Ok(Ending::Child(status)) => Ok(namespace::wait_status_code(status)),
@@ -109,5 +119,17 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
             let _ = waitpid(guest.pid, None);
             Err(e.into())
         }
+    }
+}
+
+/// `-T` needs the host's loopback open to the guest, and one host port per guest port.
+fn check_to_host(args: &RunArgs) -> Result<(), ConfigError> {
+    if let Some(first) = args.to_host.first().filter(|_| args.disable_host_loopback) {
+        return Err(ConfigError::ToHostWithoutLoopback(*first));
+    }
+    let mut seen = std::collections::HashSet::new();
+    match args.to_host.iter().find(|t| !seen.insert(t.guest_port)) {
+        Some(twice) => Err(ConfigError::ToHostTwice(twice.guest_port)),
+        None => Ok(()),
     }
 }

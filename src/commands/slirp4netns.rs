@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use crate::api::server::ApiServer;
 use crate::commands::slirp4netns_args::{self, Parsed, Slirp4netnsOptions, Target};
 use crate::config::{AddressPlan, Limits};
-use crate::event_loop::{self, Ending, Lifetime, NetworkConfig};
+use crate::event_loop::{self, Ending, GuestSockets, Lifetime, NetworkConfig};
 use crate::namespace::{self, AttachTarget, TapConfig};
 use crate::service::dns::parse_resolv_conf;
 
@@ -171,8 +171,8 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         signal_ready(ready_fd);
         Ok(())
     };
-    let ending =
-        event_loop::serve(tap, &config, lifetime, api, None, ready).map_err(|e| e.to_string())?;
+    let ending = event_loop::serve(tap, &config, lifetime, api, GuestSockets::default(), ready)
+        .map_err(|e| e.to_string())?;
     Ok(match ending {
         Ending::ExitFd => {
             eprintln!("exitfd event");

@@ -1,4 +1,4 @@
-//! Spliced forwards: a host client on loopback joined to the guest's own loopback.
+//! Spliced connections: the host's loopback joined to the guest's own loopback.
 //!
 //! Theory of operation. A published port's client that connects from the host's loopback is
 //! not carried through the TAP and smoltcp (three copies per byte, and frames the guest's
@@ -7,6 +7,8 @@
 //! moves the bytes between the two sockets with splice(2), through one pipe per direction, as
 //! pasta does: pages go from one socket's receive queue to the other's send queue without being
 //! copied into tapir. The guest sees the client come from 127.0.0.1 instead of 10.0.2.2.
+//! The other way (`-T`), a client of a listener on the guest's 127.0.0.1 is joined to a
+//! connection to the host's, and the relay is the same.
 //!
 //! This module is the relay's state machine. It never touches an fd: the two sockets and the
 //! pipes are behind [`Splicer`], so the edge cases are unit-tested against a fake.
@@ -26,9 +28,11 @@ use std::io;
 /// One of the relay's two sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// The client's connection, accepted on the host.
+    /// The socket in the host's namespace: a `-p` client tapir accepted, or tapir's
+    /// connection for a `-T` client.
     Host,
-    /// The connection to the guest's loopback, made inside its namespace.
+    /// The socket in the guest's namespace: tapir's connection to the guest's loopback for a
+    /// `-p` client, or a `-T` client tapir accepted there.
     Guest,
 }
 

@@ -133,7 +133,7 @@ fn split_host_ip<'a>(spec: &str, text: &'a str) -> Result<(IpAddr, &'a str), Spe
 }
 
 /// A port in 1..=65535 written as plain decimal digits (`u16::from_str` would also take `+80`).
-fn parse_port(text: &str) -> Option<u16> {
+pub(super) fn parse_port(text: &str) -> Option<u16> {
     if !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

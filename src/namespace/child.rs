@@ -7,7 +7,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,8 @@ const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// The payload that marks the socket factory's fd, after the TAP's.
 pub(super) const FACTORY_PAYLOAD: &[u8] = b"socket factory";
+/// The payload that marks a `-T` listener's fd, after the TAP's, in the order asked for.
+pub(super) const LOOPBACK_LISTENER_PAYLOAD: &[u8] = b"loopback listener";
 
 /// Everything `spawn`'s child needs, prepared before the fork.
 pub(super) struct GuestSetup<'a> {
@@ -37,6 +39,8 @@ pub(super) struct GuestSetup<'a> {
     pub ids: CallerIds,
     /// Leave a socket factory behind in the namespace (`super::factory`).
     pub socket_factory: bool,
+    /// Listen on these ports of the namespace's 127.0.0.1 (`-T`).
+    pub loopback_ports: &'a [u16],
 }
 
 /// A namespace file opened by the parent, to be joined by the child.
@@ -96,6 +100,11 @@ fn enter_and_exec(
     if setup.socket_factory {
         start_factory(sock);
     }
+    // Before the exec, so that the command never finds a forwarded port closed.
+    for &port in setup.loopback_ports {
+        let listener = listen_on_loopback(port)?;
+        fdpass::send_fd(sock, listener.as_fd(), LOOPBACK_LISTENER_PAYLOAD)?;
+    }
 
     replace_resolv_conf(setup.resolv_conf)?;
 
@@ -113,6 +122,29 @@ fn enter_and_exec(
         cmd: cmd.to_string_lossy().into_owned(),
         cause: cause.into(),
     })
+}
+
+/// A non-blocking, close-on-exec listener on 127.0.0.1:`port` of the current namespace.
+fn listen_on_loopback(port: u16) -> Result<OwnedFd, ChildError> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+        sockopt,
+    };
+    let fail = |e: Errno| ChildError::LoopbackListen {
+        port,
+        cause: e.into(),
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(fail)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).map_err(fail)?;
+    listen(&fd, Backlog::MAXCONN).map_err(fail)?;
+    Ok(fd)
 }
 
 /// Forks the socket factory (through a middle process that exits at once, so the factory is

@@ -63,6 +63,8 @@ pub struct GuestCommand {
     pub resolv_conf: String,
     /// Leave a socket factory in the guest's namespace, for spliced forwards.
     pub socket_factory: bool,
+    /// Ports to listen on at the guest's 127.0.0.1 before the command starts (`-T`).
+    pub loopback_ports: Vec<u16>,
 }
 
 /// A running guest: its TAP (non-blocking, close-on-exec) and its pid, to be reaped by the
@@ -73,6 +75,9 @@ pub struct Guest {
     pub pid: Pid,
     /// Makes sockets inside the guest's namespace, when asked for and started.
     pub factory: Option<factory::SocketFactory>,
+    /// Non-blocking listeners on the guest's 127.0.0.1, one per `GuestCommand::loopback_ports`
+    /// entry and in that order.
+    pub loopback_listeners: Vec<OwnedFd>,
 }
 
 /// An existing namespace to attach a TAP to (slirp4netns's `PID` and `--netns-type=path`).
@@ -158,6 +163,8 @@ pub enum ChildError {
     ResolvConfTemp { path: String, cause: OsError },
     #[error("cannot bind-mount the guest's resolv.conf over {target}: {cause}")]
     ResolvConfBind { target: String, cause: OsError },
+    #[error("cannot listen on the guest's 127.0.0.1:{port} for -T: {cause}")]
+    LoopbackListen { port: u16, cause: OsError },
     #[error("cannot run {cmd}: {cause}")]
     Exec { cmd: String, cause: OsError },
 }
@@ -196,6 +203,7 @@ pub fn spawn(cmd: &GuestCommand, tap: &TapConfig) -> Result<Guest, NamespaceErro
         tap,
         ids,
         socket_factory: cmd.socket_factory,
+        loopback_ports: &cmd.loopback_ports,
     };
     let pid = crate::sys::fork_child(|| child::run_guest(child_sock.as_fd(), &guest))
         .map_err(NamespaceError::Fork)?;
@@ -207,10 +215,14 @@ pub fn spawn(cmd: &GuestCommand, tap: &TapConfig) -> Result<Guest, NamespaceErro
         other => return Err(child_failed(pid, other)),
     };
     let mut factory = None;
+    let mut loopback_listeners = Vec::new();
     loop {
         match fdpass::recv(parent_sock.as_fd()) {
             Ok(Received::Fd { fd, payload }) if payload == child::FACTORY_PAYLOAD => {
                 factory = Some(factory::SocketFactory::new(fd));
+            }
+            Ok(Received::Fd { fd, payload }) if payload == child::LOOPBACK_LISTENER_PAYLOAD => {
+                loopback_listeners.push(fd);
             }
             Ok(Received::Closed) => {
                 log::info!(
@@ -222,6 +234,7 @@ pub fn spawn(cmd: &GuestCommand, tap: &TapConfig) -> Result<Guest, NamespaceErro
                     tap: tap_fd,
                     pid,
                     factory,
+                    loopback_listeners,
                 });
             }
             other => return Err(child_failed(pid, other)),
@@ -446,6 +459,7 @@ mod test {
             argv: ["sh", "-c", script].iter().map(OsString::from).collect(),
             resolv_conf: "nameserver 10.0.2.3\n".into(),
             socket_factory: false,
+            loopback_ports: Vec::new(),
         };
         let guest = spawn(&cmd, &tap_config()).unwrap();
         let status = waitpid(guest.pid, None).unwrap();
