@@ -135,6 +135,7 @@ fn quick_bench_of_tapir_reports_every_figure() {
     );
     for key in [
         "tcp_g2h_gbit_s",
+        "tcp_g2h_lo_gbit_s",
         "tcp_h2g_gbit_s",
         "tcp_rr_p50_us",
         "tcp_rr_p99_us",

@@ -52,6 +52,9 @@ pub struct Guest {
     sleeper: Option<Child>,
     pub server: IpAddr,
     pub published: SocketAddr,
+    /// The guest's loopback port that the helper joins to the host's iperf3 server (tapir's
+    /// and pasta's `-T`), when the path has such a splice.
+    pub loopback_to_host: Option<u16>,
     /// Guest-side processes started in the background (iperf3 -s), killed with the guest.
     background: Vec<Child>,
 }
@@ -155,9 +158,21 @@ impl Drop for Guest {
 
 fn start_tapir(mtu: u32, dir: &Path) -> Result<Guest, String> {
     let publish = format!("127.0.0.1:{PUBLISHED_PORT}:{GUEST_PORT}/tcp");
+    let to_host = super::IPERF_PORT.to_string();
     let mut helper = Command::new(dir.join("bin/tapir"));
-    helper.args(["run", "--mtu", &mtu.to_string(), "-p", &publish, "--"]);
-    start_own_namespaces(PathKind::Tapir, mtu, dir, helper, GATEWAY)
+    helper.args([
+        "run",
+        "--mtu",
+        &mtu.to_string(),
+        "-p",
+        &publish,
+        "-T",
+        &to_host,
+    ]);
+    helper.arg("--");
+    let mut guest = start_own_namespaces(PathKind::Tapir, mtu, dir, helper, GATEWAY)?;
+    guest.loopback_to_host = Some(super::IPERF_PORT);
+    Ok(guest)
 }
 
 fn start_veth(mtu: u32) -> Result<Guest, String> {
@@ -176,6 +191,7 @@ fn start_veth(mtu: u32) -> Result<Guest, String> {
         sleeper: Some(sleeper),
         server: GATEWAY.into(),
         published: SocketAddr::from((GUEST, GUEST_PORT)),
+        loopback_to_host: None,
         background: Vec::new(),
     };
     wait_until(Duration::from_secs(5), || {
@@ -246,6 +262,7 @@ fn start_bridge(mtu: u32, dir: &Path) -> Result<Guest, String> {
         sleeper: Some(owner),
         server: BRIDGE_GATEWAY.into(),
         published: SocketAddr::from(([127, 0, 0, 1], PUBLISHED_PORT)),
+        loopback_to_host: None,
         background: Vec::new(),
     };
     guest.ns_pid = wait_for_sleeper(owner_pid, dir, &log_name)?;
@@ -324,6 +341,7 @@ fn start_slirp4netns(mtu: u32, dir: &Path) -> Result<Guest, String> {
         sleeper: Some(sleeper),
         server: GATEWAY.into(),
         published: SocketAddr::from(([127, 0, 0, 1], PUBLISHED_PORT)),
+        loopback_to_host: None,
         background: Vec::new(),
     };
     wait_for_default_route(pid)?;
@@ -341,11 +359,14 @@ fn start_slirp4netns(mtu: u32, dir: &Path) -> Result<Guest, String> {
 
 fn start_pasta(mtu: u32, dir: &Path) -> Result<Guest, String> {
     let publish = format!("127.0.0.1/{PUBLISHED_PORT}:{GUEST_PORT}");
+    let to_host = super::IPERF_PORT.to_string();
     let mut helper = Command::new("pasta");
     helper
         .args(["-f", "--config-net", "-m", &mtu.to_string(), "-t", &publish])
-        .args(["-u", "none", "-T", "none", "-U", "none", "--"]);
-    start_own_namespaces(PathKind::Pasta, mtu, dir, helper, UPLINK_GATEWAY)
+        .args(["-u", "none", "-T", &to_host, "-U", "none", "--"]);
+    let mut guest = start_own_namespaces(PathKind::Pasta, mtu, dir, helper, UPLINK_GATEWAY)?;
+    guest.loopback_to_host = Some(super::IPERF_PORT);
+    Ok(guest)
 }
 
 /// Starts `helper`, a tool that makes the guest's namespaces itself and runs the command given
@@ -377,6 +398,7 @@ fn start_own_namespaces(
         sleeper: None,
         server: server.into(),
         published: SocketAddr::from(([127, 0, 0, 1], PUBLISHED_PORT)),
+        loopback_to_host: None,
         background: Vec::new(),
     };
     let helper_pid = guest.helper_pid().unwrap_or_default();

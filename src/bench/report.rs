@@ -25,6 +25,11 @@ pub const METRICS: &[Metric] = &[
         higher_is_better: true,
     },
     Metric {
+        key: "tcp_g2h_lo_gbit_s",
+        label: "TCP guest→host via the guest's loopback (-T) Gbit/s",
+        higher_is_better: true,
+    },
+    Metric {
         key: "tcp_h2g_gbit_s",
         label: "TCP host→guest Gbit/s",
         higher_is_better: true,
