@@ -1514,10 +1514,32 @@ impl Network {
                 return Err(host);
             }
         };
-        let mut io = SplicedSockets::new(host, guest).map_err(|(e, host)| {
+        let io = SplicedSockets::new(host, guest).map_err(|(e, host)| {
             log::debug!("forward {client}: no pipes for a splice ({e})");
             host
         })?;
+        let origin = SpliceOrigin::Forward {
+            client,
+            guest: guest_ip,
+            guest_port,
+        };
+        let id = self
+            .keep_splice(io, connecting.then_some(Side::Guest), origin)
+            .map_err(SplicedSockets::into_host)?;
+        if !connecting {
+            self.splice_ready(id, Side::Guest, false, false);
+        }
+        Ok(())
+    }
+
+    /// Watches both sockets of a new splice and keeps it, its relay waiting for `connecting`
+    /// if a connect is under way. If they cannot be watched, they come back unwatched.
+    fn keep_splice(
+        &mut self,
+        mut io: SplicedSockets<mio::net::TcpStream>,
+        connecting: Option<Side>,
+        origin: SpliceOrigin,
+    ) -> Result<usize, SplicedSockets<mio::net::TcpStream>> {
         let entry = self.splices.vacant_entry();
         let id = entry.key();
         let both = Interest::READABLE | Interest::WRITABLE;
@@ -1529,26 +1551,20 @@ impl Network {
                     .register(&mut io.guest, token(KIND_SPLICE_GUEST, id), both)
             })
         {
-            log::debug!("forward {client}: cannot watch the spliced sockets ({e})");
-            return Err(unwatch_splice(&self.registry, io));
+            log::debug!("{origin}: cannot watch the spliced sockets ({e})");
+            unwatch_splice(&self.registry, &mut io);
+            return Err(io);
         }
         let relay = Relay::new(io.pipe_size());
         entry.insert(SplicedConn {
             io,
             relay,
-            connecting: connecting.then_some(Side::Guest),
-            origin: SpliceOrigin::Forward {
-                client,
-                guest: guest_ip,
-                guest_port,
-            },
+            connecting,
+            origin,
         });
         self.stats.tcp_spliced += 1;
-        log::debug!("forward {client} -> guest {target}: spliced");
-        if !connecting {
-            self.splice_ready(id, Side::Guest, false, false);
-        }
-        Ok(())
+        log::debug!("{origin}: spliced");
+        Ok(id)
     }
 
     fn splice_ready(&mut self, id: usize, side: Side, readable: bool, writable: bool) {
@@ -1590,9 +1606,9 @@ impl Network {
                 guest,
                 guest_port,
             } => {
-                let conn = self.splices.remove(id);
-                let host = unwatch_splice(&self.registry, conn.io);
-                self.forward_through_stack(host, client, guest, guest_port);
+                let mut io = self.splices.remove(id).io;
+                unwatch_splice(&self.registry, &mut io);
+                self.forward_through_stack(io.into_host(), client, guest, guest_port);
             }
             SpliceOrigin::ToHost { .. } => self.close_splice(id, true),
         }
@@ -1600,11 +1616,10 @@ impl Network {
 
     fn close_splice(&mut self, id: usize, reset: bool) {
         let mut conn = self.splices.remove(id);
-        for sock in [&mut conn.io.host, &mut conn.io.guest] {
-            let _ = self.registry.deregister(sock);
-            if reset {
-                reset_on_close(sock);
-            }
+        unwatch_splice(&self.registry, &mut conn.io);
+        if reset {
+            reset_on_close(&conn.io.host);
+            reset_on_close(&conn.io.guest);
         }
         log::debug!(
             "{} spliced: closed{}",
@@ -1664,7 +1679,7 @@ impl Network {
         };
         let _ = host.set_nodelay(true);
         let _ = guest.set_nodelay(true);
-        let mut io = match SplicedSockets::new(host, guest) {
+        let io = match SplicedSockets::new(host, guest) {
             Ok(io) => io,
             Err((e, _)) => {
                 log::debug!("{origin}: no pipes for a splice ({e})");
@@ -1672,31 +1687,9 @@ impl Network {
                 return;
             }
         };
-        let entry = self.splices.vacant_entry();
-        let id = entry.key();
-        let both = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self
-            .registry
-            .register(&mut io.host, token(KIND_SPLICE_HOST, id), both)
-            .and_then(|()| {
-                self.registry
-                    .register(&mut io.guest, token(KIND_SPLICE_GUEST, id), both)
-            })
-        {
-            log::debug!("{origin}: cannot watch the spliced sockets ({e})");
-            let _ = self.registry.deregister(&mut io.host);
-            let _ = self.registry.deregister(&mut io.guest);
-            return reset_on_close(&io.guest);
+        if let Err(io) = self.keep_splice(io, Some(Side::Host), origin) {
+            reset_on_close(&io.guest);
         }
-        let relay = Relay::new(io.pipe_size());
-        entry.insert(SplicedConn {
-            io,
-            relay,
-            connecting: Some(Side::Host),
-            origin,
-        });
-        self.stats.tcp_spliced += 1;
-        log::debug!("{origin}: spliced");
     }
 
     fn forward_udp(&mut self, now: Instant, index: usize) {
@@ -1972,16 +1965,10 @@ fn connect_outcome(stream: &mio::net::TcpStream) -> Option<io::Result<()>> {
     }
 }
 
-/// Stops watching a spliced pair, closes its guest-side socket and gives the host client's
-/// socket back, to be carried through the TAP.
-fn unwatch_splice(
-    registry: &Registry,
-    mut io: SplicedSockets<mio::net::TcpStream>,
-) -> mio::net::TcpStream {
+/// Stops watching both sockets of a spliced pair.
+fn unwatch_splice(registry: &Registry, io: &mut SplicedSockets<mio::net::TcpStream>) {
     let _ = registry.deregister(&mut io.guest);
-    let mut host = io.into_host();
-    let _ = registry.deregister(&mut host);
-    host
+    let _ = registry.deregister(&mut io.host);
 }
 
 fn listen_endpoint(addr: SocketAddr) -> IpListenEndpoint {
