@@ -179,7 +179,7 @@ check_eq "processes of these tapir runs left after them" "$left" ""
 /// `-T`: the guest's clients of its own 127.0.0.1 reach the host's, spliced. The first
 /// connect comes as soon as the command starts, so the listener must already be there; the
 /// host sees tapir's connection from its loopback; a host port nobody listens on resets the
-/// guest's client, and nothing arrives.
+/// guest's client, and nothing arrives; connections past the flow limit are reset too.
 #[test]
 fn guest_loopback_ports_reach_the_host_loopback() {
     World::tapir("to_host").needs(&["socat", "python3"]).run_ok(
@@ -204,6 +204,23 @@ check_eq "what the host's server saw of the guest's client" "$(cat "$W/tmp/whoam
 check_match "the guest's client of a closed host port" "$(cat "$W/tmp/refused")" \
     "^tcp-ask failed: \[Errno 104\] Connection reset by peer$"
 check [ "$(cat "$W/tmp/refused-rc")" != 0 ]
+
+# A guest opening more -T connections than the flow limit: the ones past it are reset, and
+# those held go on.
+tapir_run --limit tcp-flows=2 -T 18111:18110 -- bash -c '
+    cd "$1"
+    mkdir h1 h2
+    actor tcp-hold 127.0.0.1 18111 h1 & actor tcp-hold 127.0.0.1 18111 h2 &
+    until [ -e h1/1 ] && [ -e h2/1 ]; do sleep 0.05; done
+    actor tcp-ask 127.0.0.1 18111 > third 2>&1
+    touch h1/go h2/go
+    wait' sh "$W/tmp"
+for h in h1 h2; do
+    check_eq "$h: held connection, first exchange" "$(cat "$W/tmp/$h/1")" "one ok"
+    check_eq "$h: held connection, after the third was refused" "$(cat "$W/tmp/$h/2")" "two ok"
+done
+check_match "a -T connection past the flow limit" "$(cat "$W/tmp/third")" \
+    "^tcp-ask failed: \[Errno 104\] Connection reset by peer$"
 "#,
     );
 }
