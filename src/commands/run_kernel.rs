@@ -49,6 +49,8 @@ fn check_options(args: &RunArgs) -> Result<(), Error> {
         ("--policy", args.policy.is_some()),
         ("--limit", !args.limits.is_empty()),
         ("--no-sandbox", args.no_sandbox),
+        ("--no-splice", args.no_splice),
+        ("-T", !args.to_host.is_empty()),
         (
             "--mtu",
             args.network != NetworkMode::Bridge && args.mtu.is_some(),
@@ -181,5 +183,37 @@ fn wait_forwarding(pid: Pid, signals: &SigSet) -> WaitStatus {
                 let _ = kill(pid, sig);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use clap::Parser;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let argv = ["tapir", "run"].iter().chain(args).chain(&["--", "true"]);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Run(run) => *run,
+            _ => unreachable!("a run command"),
+        }
+    }
+
+    #[test]
+    fn userspace_only_options_are_named_when_refused() {
+        for (args, option) in [
+            (&["--network", "bridge", "-T", "5432"][..], "-T"),
+            (&["--network", "bridge", "--no-splice"], "--no-splice"),
+            (&["--network", "none", "-p", "8080:80"], "-p"),
+            (&["--network", "host", "--pcap", "x.pcap"], "--pcap"),
+        ] {
+            let message = check_options(&run_args(args)).unwrap_err().to_string();
+            let mode = args[1];
+            assert_eq!(
+                message,
+                format!("{option} does not apply to --network {mode}")
+            );
+        }
+        assert!(check_options(&run_args(&["--network", "bridge", "-p", "8080:80"])).is_ok());
     }
 }
