@@ -1514,7 +1514,7 @@ impl Network {
                 return Err(host);
             }
         };
-        let io = SplicedSockets::new(host, guest).map_err(|(e, host)| {
+        let io = SplicedSockets::new(host, guest).map_err(|(e, host, _)| {
             log::debug!("forward {client}: no pipes for a splice ({e})");
             host
         })?;
@@ -1681,10 +1681,10 @@ impl Network {
         let _ = guest.set_nodelay(true);
         let io = match SplicedSockets::new(host, guest) {
             Ok(io) => io,
-            Err((e, _)) => {
+            Err((e, _, guest)) => {
                 log::debug!("{origin}: no pipes for a splice ({e})");
                 self.stats.drop(DropReason::HostSocket);
-                return;
+                return reset_on_close(&guest);
             }
         };
         if let Err(io) = self.keep_splice(io, Some(Side::Host), origin) {

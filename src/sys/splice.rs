@@ -44,11 +44,12 @@ pub struct SplicedSockets<S> {
 
 impl<S: AsFd> SplicedSockets<S> {
     /// Joins `host` and `guest` with two new pipes. If the pipes cannot be made (out of
-    /// descriptors), the host socket comes back with the error, to be carried another way.
-    pub fn new(host: S, guest: S) -> Result<SplicedSockets<S>, (io::Error, S)> {
+    /// descriptors), both sockets come back with the error, to be carried another way or
+    /// reset.
+    pub fn new(host: S, guest: S) -> Result<SplicedSockets<S>, (io::Error, S, S)> {
         match Pipe::new().and_then(|a| Ok([a, Pipe::new()?])) {
             Ok(pipes) => Ok(SplicedSockets { host, guest, pipes }),
-            Err(e) => Err((e, host)),
+            Err(e) => Err((e, host, guest)),
         }
     }
 
