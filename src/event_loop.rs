@@ -1423,8 +1423,7 @@ impl Network {
                     return;
                 }
             };
-            if self.tcp.len() + self.splices.len() >= self.limits.max_tcp_flows {
-                self.stats.drop(DropReason::TcpFlowLimit);
+            if self.spliceable_flows_full() {
                 continue;
             }
             let _ = host.set_nodelay(true);
@@ -1434,6 +1433,16 @@ impl Network {
             };
             self.forward_through_stack(host, client, guest_ip, guest_port);
         }
+    }
+
+    /// Whether a new connection that may be spliced finds `tcp-flows` reached: flows through
+    /// the TAP and splices count together. Counted as a limit hit when it does.
+    fn spliceable_flows_full(&mut self) -> bool {
+        let full = self.tcp.len() + self.splices.len() >= self.limits.max_tcp_flows;
+        if full {
+            self.stats.drop(DropReason::TcpFlowLimit);
+        }
+        full
     }
 
     /// Carries an accepted forward through smoltcp and the TAP: the guest sees `client` (or
@@ -1576,11 +1585,7 @@ impl Network {
             if side != pending {
                 return;
             }
-            let stream = match pending {
-                Side::Host => &conn.io.host,
-                Side::Guest => &conn.io.guest,
-            };
-            match connect_outcome(stream) {
+            match connect_outcome(conn.io.socket(pending)) {
                 Some(Ok(())) => conn.connecting = None,
                 Some(Err(_)) => return self.splice_refused(id),
                 None => return,
@@ -1652,8 +1657,7 @@ impl Network {
                     return;
                 }
             };
-            if self.tcp.len() + self.splices.len() >= self.limits.max_tcp_flows {
-                self.stats.drop(DropReason::TcpFlowLimit);
+            if self.spliceable_flows_full() {
                 reset_on_close(&guest);
                 continue;
             }

@@ -168,8 +168,8 @@ fn start_tapir(mtu: u32, dir: &Path) -> Result<Guest, String> {
         &publish,
         "-T",
         &to_host,
+        "--",
     ]);
-    helper.arg("--");
     let mut guest = start_own_namespaces(PathKind::Tapir, mtu, dir, helper, GATEWAY)?;
     guest.loopback_to_host = Some(super::IPERF_PORT);
     Ok(guest)

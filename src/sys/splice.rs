@@ -63,7 +63,8 @@ impl<S: AsFd> SplicedSockets<S> {
         self.pipes[0].size.min(self.pipes[1].size)
     }
 
-    fn socket(&self, side: Side) -> &S {
+    /// The socket on `side`.
+    pub fn socket(&self, side: Side) -> &S {
         match side {
             Side::Host => &self.host,
             Side::Guest => &self.guest,
