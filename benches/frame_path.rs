@@ -125,6 +125,7 @@ impl Harness {
             pcap: None,
             ipv6: false,
             policy: Policy::default(),
+            busy_poll: std::time::Duration::ZERO,
         };
         let registry = poll.registry().try_clone().expect("a registry");
         let net = Network::new(&config, registry, Instant::now()).expect("a network");

@@ -37,6 +37,7 @@ use smoltcp::wire::{
 };
 
 use crate::api::server::ApiServer;
+use crate::busy_poll::BusyPoll;
 use crate::config::{AddressPlan, Ipv6Plan, Limits};
 use crate::flow::addr::{AddressMap, Route};
 use crate::flow::icmp::{self, EchoFlow, EchoKey, EchoRate};
@@ -102,6 +103,8 @@ pub struct NetworkConfig {
     pub ipv6: bool,
     /// Where new guest flows may go (default: anywhere).
     pub policy: Policy,
+    /// The longest the loop spins before it sleeps (`busy_poll`; zero: never).
+    pub busy_poll: Duration,
 }
 
 /// The longest guest SYN (IP packet) kept to be quoted in an ICMP error.
@@ -1192,7 +1195,9 @@ impl Network {
             Verdict::Open
         } else {
             let socket = conn.set.get_mut::<tcp::Socket>(conn.handle);
+            let before = conn.side.moved;
             let v = pump(socket, &mut conn.host, &mut conn.side);
+            self.stats.bytes_tcp_host += conn.side.moved - before;
             // A connection the guest never accepted (aborted before ESTABLISHED) is over.
             if v == Verdict::Open && socket.state() == tcp::State::Closed {
                 Verdict::Reset
@@ -1591,7 +1596,10 @@ impl Network {
                 None => return,
             }
         }
-        match conn.relay.pump(&mut conn.io) {
+        let before = conn.relay.bytes_moved();
+        let outcome = conn.relay.pump(&mut conn.io);
+        self.stats.bytes_spliced += conn.relay.bytes_moved() - before;
+        match outcome {
             Outcome::Open => {}
             Outcome::Done => self.close_splice(id, false),
             Outcome::Reset => self.close_splice(id, true),
@@ -1837,6 +1845,14 @@ impl Network {
             at = self.start;
         }
         at
+    }
+
+    /// Bytes carried so far: frames to and from the guest, what TCP flows wrote to and read
+    /// from their host sockets, and what splices moved. The loop
+    /// tells bulk turns from small exchanges by it.
+    pub fn bytes_carried(&self) -> u64 {
+        let s = &self.stats;
+        s.bytes_in + s.bytes_out + s.bytes_spliced + s.bytes_tcp_host
     }
 
     /// Whether every byte the guest sent has reached its host socket (the guest's FIN
@@ -2100,6 +2116,9 @@ struct Driver {
     /// of what tapir adds to a request's round trip; the timeout it stretches by a turn's
     /// few µs of work is rounded up to whole milliseconds by epoll anyway.)
     now: Instant,
+    busy: BusyPoll,
+    /// Bytes carried (TAP frames both ways, spliced bytes) as of the last wait.
+    carried: u64,
 }
 
 impl Driver {
@@ -2176,6 +2195,8 @@ impl Driver {
             exiting: false,
             last_frame: Instant::now(),
             now: Instant::now(),
+            busy: BusyPoll::new(config.busy_poll),
+            carried: 0,
         })
     }
 
@@ -2225,12 +2246,19 @@ impl Driver {
         if let Some(max) = max_wait {
             timeout = timeout.min(max);
         }
-        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout))
-            && e.kind() != ErrorKind::Interrupted
-        {
-            return Err(LoopError::Poll(e));
+        let carried = self.net.bytes_carried();
+        let spin = self.busy.poll_window(carried - self.carried);
+        self.carried = carried;
+        if !self.busy.is_enabled() {
+            self.wait(timeout)?;
+            self.now = Instant::now();
+        } else {
+            let started = Instant::now();
+            self.spin_then_wait(spin.min(timeout), timeout, started)?;
+            self.now = Instant::now();
+            let waited = self.now.saturating_duration_since(started);
+            self.busy.handle_wait(waited, !self.events.is_empty());
         }
-        self.now = Instant::now();
         let now = self.now;
         let mut api_ready = Vec::new();
         let mut signalled = false;
@@ -2272,6 +2300,34 @@ impl Driver {
         }
         self.net.resume_starved();
         Ok(ending)
+    }
+
+    /// Blocks until an fd is ready or `timeout` passes.
+    fn wait(&mut self, timeout: Duration) -> Result<(), LoopError> {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Err(e) if e.kind() != ErrorKind::Interrupted => Err(LoopError::Poll(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Polls without blocking for up to `spin` from `started` (see `busy_poll`), then blocks
+    /// for what is left of `timeout`.
+    fn spin_then_wait(
+        &mut self,
+        spin: Duration,
+        timeout: Duration,
+        started: Instant,
+    ) -> Result<(), LoopError> {
+        let mut spun = Duration::ZERO;
+        while spun < spin {
+            self.wait(Duration::ZERO)?;
+            if !self.events.is_empty() {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+            spun = started.elapsed();
+        }
+        self.wait(timeout.saturating_sub(spun))
     }
 
     fn signals_arrived(&mut self) -> Option<Ending> {
@@ -2405,6 +2461,7 @@ mod test {
             pcap: None,
             ipv6: false,
             policy,
+            busy_poll: Duration::ZERO,
         };
         let net = Network::new(
             &config,

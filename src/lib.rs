@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod busy_poll;
 pub mod cli;
 pub mod cni;
 pub mod commands;

@@ -122,6 +122,10 @@ pub struct Stats {
     pub tcp_small_buffers: u64,
     /// Forwards from host loopback clients spliced to the guest's loopback (`flow::splice`).
     pub tcp_spliced: u64,
+    /// Bytes those spliced connections moved, both directions.
+    pub bytes_spliced: u64,
+    /// Bytes the other TCP flows moved to and from their host sockets.
+    pub bytes_tcp_host: u64,
     pub udp_opened: u64,
     pub icmp_opened: u64,
 }

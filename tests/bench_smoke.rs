@@ -139,6 +139,7 @@ fn quick_bench_of_tapir_reports_every_figure() {
         "tcp_h2g_gbit_s",
         "tcp_rr_p50_us",
         "tcp_rr_p99_us",
+        "tcp_rr_cpu_us",
         "udp_rr_p50_us",
         "udp_rr_p99_us",
         "connect_per_s",

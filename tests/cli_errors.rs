@@ -44,6 +44,7 @@ rejects 8000-8010 -T 8000-8010 -- "${ran[@]}"
 rejects 80:0 -T 80:0 -- "${ran[@]}"
 rejects 5432 -T 5432 -T 5432:5433 -- "${ran[@]}"
 rejects --disable-host-loopback --disable-host-loopback -T 5432 -- "${ran[@]}"
+rejects 1001 --busy-poll 1001 -- "${ran[@]}"
 # No command at all: the message must say a command is missing.
 rejects command
 rejects command --
@@ -64,7 +65,7 @@ fn well_formed_options_are_accepted() {
     World::tapir("cli_accepts").run_ok(
         r#"
 tapir_run -p 127.0.0.1:18080:80/tcp -p 18081:81/udp -p 18082:82 --cidr 10.0.3.0/24 --mtu 1500 \
-    -T 5432 -T 8080:80 -- touch "$W/tmp/ran"
+    -T 5432 -T 8080:80 --busy-poll 1000 -- touch "$W/tmp/ran"
 check test -e "$W/tmp/ran"
 "#,
     );

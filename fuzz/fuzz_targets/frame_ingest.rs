@@ -226,6 +226,7 @@ fn config() -> NetworkConfig {
         pcap: None,
         ipv6: true,
         policy: Policy::new(rules),
+        busy_poll: std::time::Duration::ZERO,
     }
 }
 

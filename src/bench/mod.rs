@@ -488,9 +488,20 @@ fn rr(
     } else {
         (load::ClientTask::UdpRr, PORTS.udp_rr, "udp_rr")
     };
+    let cpu_before = guest.helper_pid().and_then(guest::cpu_seconds);
     let doc = client(guest, options, task, port)?;
-    if doc["count"].as_u64().unwrap_or(0) == 0 {
+    let cpu_after = guest.helper_pid().and_then(guest::cpu_seconds);
+    let count = doc["count"].as_u64().unwrap_or(0);
+    if count == 0 {
         return Err("no round trip completed".to_string());
+    }
+    // What the latency costs: busy polling (tapir's --busy-poll) buys it with CPU.
+    if let (Scenario::TcpRr, Some(before), Some(after)) = (scenario, cpu_before, cpu_after) {
+        put(
+            run,
+            "tcp_rr_cpu_us",
+            Some((after - before) * 1e6 / count as f64),
+        );
     }
     let (p50, p99) = if scenario == Scenario::TcpRr {
         ("tcp_rr_p50_us", "tcp_rr_p99_us")

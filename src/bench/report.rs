@@ -45,6 +45,11 @@ pub const METRICS: &[Metric] = &[
         higher_is_better: false,
     },
     Metric {
+        key: "tcp_rr_cpu_us",
+        label: "helper CPU µs per TCP round trip",
+        higher_is_better: false,
+    },
+    Metric {
         key: "udp_rr_p50_us",
         label: "UDP RR p50 µs",
         higher_is_better: false,

@@ -60,6 +60,10 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         pcap: args.pcap,
         ipv6: args.enable_ipv6,
         policy,
+        busy_poll: args.busy_poll.map_or(
+            crate::busy_poll::DEFAULT_MAX,
+            std::time::Duration::from_micros,
+        ),
     };
     // Large flow buffers come from mmap, so an idle flow costs only the pages it touched.
     crate::sys::set_malloc_mmap_threshold(128 * 1024);

@@ -50,6 +50,7 @@ fn check_options(args: &RunArgs) -> Result<(), Error> {
         ("--limit", !args.limits.is_empty()),
         ("--no-sandbox", args.no_sandbox),
         ("--no-splice", args.no_splice),
+        ("--busy-poll", args.busy_poll.is_some()),
         ("-T", !args.to_host.is_empty()),
         (
             "--mtu",
@@ -204,6 +205,7 @@ mod test {
         for (args, option) in [
             (&["--network", "bridge", "-T", "5432"][..], "-T"),
             (&["--network", "bridge", "--no-splice"], "--no-splice"),
+            (&["--network", "host", "--busy-poll", "0"], "--busy-poll"),
             (&["--network", "none", "-p", "8080:80"], "-p"),
             (&["--network", "host", "--pcap", "x.pcap"], "--pcap"),
         ] {

@@ -148,6 +148,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         pcap: opts.pcap.clone(),
         ipv6: opts.enable_ipv6,
         policy,
+        busy_poll: crate::busy_poll::DEFAULT_MAX,
     };
     crate::sys::set_malloc_mmap_threshold(128 * 1024);
     crate::sys::raise_fd_limit();

@@ -90,6 +90,8 @@ pub struct Relay {
     readable: [bool; 2],
     writable: [bool; 2],
     pipe_size: usize,
+    /// Bytes written to either socket so far.
+    moved: u64,
 }
 
 impl Relay {
@@ -101,6 +103,7 @@ impl Relay {
             readable: [true; 2],
             writable: [true; 2],
             pipe_size: pipe_size.max(1),
+            moved: 0,
         }
     }
 
@@ -113,6 +116,11 @@ impl Relay {
     /// Bytes read from `from` and not yet written to the other side.
     pub fn in_flight(&self, from: Side) -> usize {
         self.flows[from.index()].in_pipe
+    }
+
+    /// Bytes written to either socket since the relay began.
+    pub fn bytes_moved(&self) -> u64 {
+        self.moved
     }
 
     /// Moves what can move in both directions until both would block.
@@ -156,6 +164,7 @@ impl Relay {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         flow.in_pipe -= n.min(flow.in_pipe);
+                        self.moved += n as u64;
                         moved = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable[dst] = false,
@@ -277,6 +286,7 @@ mod test {
         assert_eq!(io.output[1], up, "host to guest");
         assert_eq!(io.output[0], down, "guest to host");
         assert_eq!(io.shut, [true, true]);
+        assert_eq!(relay.bytes_moved(), 170_000);
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct HostSide {
     pub eof: bool,
     /// The guest's FIN was passed on as `shutdown(SHUT_WR)`.
     pub shut_wr: bool,
+    /// Bytes written to and read from the host socket so far.
+    pub moved: u64,
 }
 
 /// What the event loop must do after a pump.
@@ -247,7 +249,7 @@ fn guest_to_host<S: HostStream>(
         });
         match written {
             Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => side.moved += n as u64,
             Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => side.writable = false,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => return Err(e),
@@ -276,8 +278,10 @@ fn host_to_guest<S: HostStream>(
                 side.eof = true;
                 socket.close();
             }
-            Ok(Ok((n, room))) if n < room && !side.closing => side.readable = false,
-            Ok(Ok(_)) => {}
+            Ok(Ok((n, room))) => {
+                side.moved += n as u64;
+                side.readable &= n == room || side.closing;
+            }
             Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => side.readable = false,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => return Err(e),
@@ -602,6 +606,7 @@ mod test {
         assert_eq!(v, Verdict::Open);
         // The host took 1000 bytes and would block: the rest waits in smoltcp's ring.
         assert_eq!(host.written.len(), 1000);
+        assert_eq!(side.moved, 1000);
         assert!(!side.writable);
         assert_eq!(rig.socket().recv_queue(), 2000);
         // Room again: the remaining bytes go out, in order.
@@ -609,6 +614,7 @@ mod test {
         side.writable = true;
         pump(rig.socket(), &mut host, &mut side);
         assert_eq!(host.written, vec![7; 3000]);
+        assert_eq!(side.moved, 3000);
     }
 
     #[test]
@@ -627,6 +633,7 @@ mod test {
         };
         assert_eq!(pump(rig.socket(), &mut host, &mut side), Verdict::Open);
         assert!(side.eof);
+        assert_eq!(side.moved, 100);
         rig.feed(&[]);
         let segs = rig.take_segments();
         let data: Vec<u8> = segs.iter().flat_map(|s| s.payload.clone()).collect();
