@@ -759,8 +759,8 @@ impl Network {
             self.stats.drop(DropReason::NoFlow);
             return self.feed_stack(now, frame);
         }
-        if self.tcp.len() >= self.limits.max_tcp_flows {
-            return self.stats.drop(DropReason::TcpFlowLimit);
+        if self.tcp_flows_full() {
+            return;
         }
         if self.tcp_pending >= self.limits.max_tcp_pending {
             return self.stats.drop(DropReason::TcpPendingLimit);
@@ -1428,7 +1428,7 @@ impl Network {
                     return;
                 }
             };
-            if self.spliceable_flows_full() {
+            if self.tcp_flows_full() {
                 continue;
             }
             let _ = host.set_nodelay(true);
@@ -1440,9 +1440,9 @@ impl Network {
         }
     }
 
-    /// Whether a new connection that may be spliced finds `tcp-flows` reached: flows through
-    /// the TAP and splices count together. Counted as a limit hit when it does.
-    fn spliceable_flows_full(&mut self) -> bool {
+    /// Whether a new TCP connection finds `tcp-flows` reached: flows through the TAP and
+    /// splices count together. Counted as a limit hit when it does.
+    fn tcp_flows_full(&mut self) -> bool {
         let full = self.tcp.len() + self.splices.len() >= self.limits.max_tcp_flows;
         if full {
             self.stats.drop(DropReason::TcpFlowLimit);
@@ -1665,7 +1665,7 @@ impl Network {
                     return;
                 }
             };
-            if self.spliceable_flows_full() {
+            if self.tcp_flows_full() {
                 reset_on_close(&guest);
                 continue;
             }

@@ -206,13 +206,15 @@ check_match "the guest's client of a closed host port" "$(cat "$W/tmp/refused")"
 check [ "$(cat "$W/tmp/refused-rc")" != 0 ]
 
 # A guest opening more -T connections than the flow limit: the ones past it are reset, and
-# those held go on.
+# those held go on. The splices count against the limit for connections through the TAP too:
+# the guest's SYN to the gateway goes unanswered.
 tapir_run --limit tcp-flows=2 -T 18111:18110 -- bash -c '
     cd "$1"
     mkdir h1 h2
     actor tcp-hold 127.0.0.1 18111 h1 & actor tcp-hold 127.0.0.1 18111 h2 &
     until [ -e h1/1 ] && [ -e h2/1 ]; do sleep 0.05; done
     actor tcp-ask 127.0.0.1 18111 > third 2>&1
+    actor tcp-connect 10.0.2.2 18110 1 > fourth 2>&1
     touch h1/go h2/go
     wait' sh "$W/tmp"
 for h in h1 h2; do
@@ -221,6 +223,7 @@ for h in h1 h2; do
 done
 check_match "a -T connection past the flow limit" "$(cat "$W/tmp/third")" \
     "^tcp-ask failed: \[Errno 104\] Connection reset by peer$"
+check_match "a TAP connection past the flow limit" "$(cat "$W/tmp/fourth")" "^timed out after"
 "#,
     );
 }
