@@ -1848,8 +1848,8 @@ impl Network {
     }
 
     /// Bytes carried so far: frames to and from the guest, what TCP flows wrote to and read
-    /// from their host sockets, and what splices moved. The loop
-    /// tells bulk turns from small exchanges by it.
+    /// from their host sockets, and what splices moved. The loop tells bulk turns from small
+    /// exchanges by it (`busy_poll`).
     pub fn bytes_carried(&self) -> u64 {
         let s = &self.stats;
         s.bytes_in + s.bytes_out + s.bytes_spliced + s.bytes_tcp_host
@@ -2117,7 +2117,7 @@ struct Driver {
     /// few µs of work is rounded up to whole milliseconds by epoll anyway.)
     now: Instant,
     busy: BusyPoll,
-    /// Bytes carried (TAP frames both ways, spliced bytes) as of the last wait.
+    /// `Network::bytes_carried` as of the last wait.
     carried: u64,
 }
 
