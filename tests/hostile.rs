@@ -268,7 +268,11 @@ check test "$(( $(counter Malformed) + $(counter Unsupported) ))" -ge 1
 /// Echo requests from a raw socket as fast as the guest makes them, over 8 flows, to the
 /// remote host: the remote receives no more than `icmp-rate` a second (plus the bucket, a
 /// twentieth of a second's worth) for as long as tapir ran, the rest are counted, and an
-/// ordinary ping beside the flood (one request every 200 ms, its own flow) loses nothing.
+/// ordinary ping beside the flood (one request every 200 ms, its own flow) gets through: at
+/// most one of its requests lost. Not none: the guest's kernel drops what finds the TAP's queue
+/// full, and the flood keeps it near full, so now and then (once in CI so far) an ordinary
+/// request is dropped before tapir sees it. What this guards is the limiter's reserve for
+/// slow flows: without it the flood takes the tokens, and the ordinary ping loses them all.
 /// The remote's own count of echo requests (`InEchos` in its /proc/net/snmp) is the measure.
 #[test]
 fn ping_flood_is_held_to_the_icmp_rate() {
@@ -301,7 +305,9 @@ drops=$(counter IcmpRateLimit)
 check test "$drops" -ge $(( 20 * {rate} * {FLOOD_SECS} ))
 check test $(( drops + echos )) -le $(( $(word echo_requests "$out") + $(word ping_sent "$out") ))
 check test "$(word ping_sent "$out")" -ge 10
-check_eq "the ordinary ping's lost requests" "$(( $(word ping_sent "$out") - $(word ping_replies "$out") ))" 0
+lost=$(( $(word ping_sent "$out") - $(word ping_replies "$out") ))
+echo "the ordinary ping lost $lost requests"
+check test "$lost" -le 1
 check_eq "warnings about the ICMP rate" "$(grep -c 'limit hit: IcmpRateLimit' "$W/log/tapir.log")" 1
 "#
         ),
