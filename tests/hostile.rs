@@ -272,7 +272,8 @@ check test "$(( $(counter Malformed) + $(counter Unsupported) ))" -ge 1
 /// most one of its requests lost. Not none: the guest's kernel drops what finds the TAP's queue
 /// full, and the flood keeps it near full, so now and then (once in CI so far) an ordinary
 /// request is dropped before tapir sees it. What this guards is the limiter's reserve for
-/// slow flows: without it the flood takes the tokens, and the ordinary ping loses them all.
+/// slow flows: without it the flood, asking thousands of times as often, takes nearly every
+/// token, and the ordinary ping loses nearly every request.
 /// The remote's own count of echo requests (`InEchos` in its /proc/net/snmp) is the measure.
 #[test]
 fn ping_flood_is_held_to_the_icmp_rate() {
