@@ -25,8 +25,8 @@ use std::time::Duration;
 pub const DEFAULT_MAX: Duration = Duration::from_micros(32);
 /// The first window after a wait that polling would have caught.
 const FIRST_WINDOW: Duration = Duration::from_micros(4);
-/// A turn that carried at least this many bytes (frames to and from the guest, spliced bytes)
-/// was bulk work, not an exchange of small messages.
+/// A turn that carried at least this many bytes (frames to and from the guest, host-socket
+/// bytes of TCP flows, spliced bytes) was bulk work, not an exchange of small messages.
 pub const BULK_TURN_BYTES: u64 = 16 * 1024;
 
 #[derive(Debug, Clone)]

@@ -2114,8 +2114,10 @@ struct Driver {
     /// The clock as read when the last poll returned. The next poll's timeout is reckoned
     /// from it: one clock read per turn, not two. (A read costs up to 0.2 µs here, a tenth
     /// of what tapir adds to a request's round trip; the timeout it stretches by a turn's
-    /// few µs of work is rounded up to whole milliseconds by epoll anyway.)
+    /// few µs of work is rounded up to whole milliseconds by epoll anyway.) Busy polling
+    /// reads the clock once more, where a wait starts, to time it.
     now: Instant,
+    /// How long to spin before the next wait, from how the last waits went.
     busy: BusyPoll,
     /// `Network::bytes_carried` as of the last wait.
     carried: u64,
