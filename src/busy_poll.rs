@@ -82,6 +82,16 @@ mod test {
         Duration::from_micros(n)
     }
 
+    /// A poller whose window short waits have grown to the default maximum.
+    fn grown() -> BusyPoll {
+        let mut poll = BusyPoll::new(DEFAULT_MAX);
+        for _ in 0..5 {
+            let _ = poll.poll_window(0);
+            poll.handle_wait(us(20), true);
+        }
+        poll
+    }
+
     #[test]
     fn an_idle_loop_never_spins() {
         let mut poll = BusyPoll::new(DEFAULT_MAX);
@@ -105,11 +115,7 @@ mod test {
 
     #[test]
     fn one_long_wait_resets_the_window() {
-        let mut poll = BusyPoll::new(DEFAULT_MAX);
-        for _ in 0..5 {
-            let _ = poll.poll_window(0);
-            poll.handle_wait(us(20), true);
-        }
+        let mut poll = grown();
         assert_eq!(poll.poll_window(0), us(32));
         poll.handle_wait(us(33), true);
         assert_eq!(poll.poll_window(0), Duration::ZERO);
@@ -126,11 +132,7 @@ mod test {
 
     #[test]
     fn bulk_turns_do_not_spin() {
-        let mut poll = BusyPoll::new(DEFAULT_MAX);
-        for _ in 0..5 {
-            let _ = poll.poll_window(0);
-            poll.handle_wait(us(20), true);
-        }
+        let mut poll = grown();
         assert_eq!(poll.poll_window(BULK_TURN_BYTES - 1), us(32));
         assert_eq!(poll.poll_window(BULK_TURN_BYTES), Duration::ZERO);
         poll.handle_wait(us(20), true);
