@@ -169,10 +169,18 @@ impl Netlink {
             .map(drop)
     }
 
-    /// Deletes the interface (`ip link del`); a veth takes its peer with it.
+    /// Deletes the interface (`ip link del`); a veth takes its peer with it. An interface
+    /// that is already gone counts as deleted: a veth vanishes by itself, a moment after the
+    /// network namespace holding its peer dies, so it can go between a lookup and this call.
     pub fn link_delete(&mut self, index: u32) -> Result<(), NetlinkError> {
         let verb = format!("delete {}", self.label(index));
-        self.request(&verb, del_link_message(index), 0).map(drop)
+        match self.request(&verb, del_link_message(index), 0) {
+            Err(NetlinkError::Request {
+                cause: OsError(Errno::ENODEV),
+                ..
+            }) => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// The IPv4 addresses (with prefix lengths) on interface `index`.
@@ -631,5 +639,24 @@ mod test {
             e.to_string(),
             "cannot add the address 10.0.2.100/24 to tap0: file exists (it already exists)"
         );
+    }
+    /// A link that vanished between lookup and delete (a veth whose peer's namespace just
+    /// died) is deleted, not an error. Run in a thread of its own network namespace, which
+    /// is why it needs root, as all of the tests do.
+    #[test]
+    fn deleting_a_link_already_gone_counts_as_deleted() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("the tests run as root, so a thread can have its own netns");
+            let mut nl = Netlink::open().unwrap();
+            nl.bridge_add("gone0").unwrap();
+            let index = nl.link_index("gone0").unwrap();
+            nl.link_delete(index).unwrap();
+            nl.link_delete(index)
+                .expect("deleting it again finds it gone, which is what was asked");
+            assert_eq!(nl.link_get("gone0").unwrap(), None);
+        })
+        .join()
+        .unwrap();
     }
 }
