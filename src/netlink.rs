@@ -47,6 +47,19 @@ pub enum NetlinkError {
     NoSuchLink(String),
 }
 
+impl NetlinkError {
+    /// The kernel answered ENODEV: the interface the request named does not exist (now).
+    fn is_no_such_device(&self) -> bool {
+        matches!(
+            self,
+            NetlinkError::Request {
+                cause: OsError(Errno::ENODEV),
+                ..
+            }
+        )
+    }
+}
+
 fn hint(cause: &OsError) -> &'static str {
     match cause.0 {
         Errno::EPERM => " (this needs CAP_NET_ADMIN over the network namespace)",
@@ -106,10 +119,7 @@ impl Netlink {
     pub fn link_get(&mut self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
         let verb = format!("look up the network interface {name:?}");
         let reply = match self.request(&verb, get_link_message(name), 0) {
-            Err(NetlinkError::Request {
-                cause: OsError(Errno::ENODEV),
-                ..
-            }) => return Ok(None),
+            Err(e) if e.is_no_such_device() => return Ok(None),
             other => other?,
         };
         let Some(RouteNetlinkMessage::NewLink(link)) = reply else {
@@ -175,10 +185,7 @@ impl Netlink {
     pub fn link_delete(&mut self, index: u32) -> Result<(), NetlinkError> {
         let verb = format!("delete {}", self.label(index));
         match self.request(&verb, del_link_message(index), 0) {
-            Err(NetlinkError::Request {
-                cause: OsError(Errno::ENODEV),
-                ..
-            }) => Ok(()),
+            Err(e) if e.is_no_such_device() => Ok(()),
             other => other.map(drop),
         }
     }
@@ -640,6 +647,7 @@ mod test {
             "cannot add the address 10.0.2.100/24 to tap0: file exists (it already exists)"
         );
     }
+
     /// A link that vanished between lookup and delete (a veth whose peer's namespace just
     /// died) is deleted, not an error. Run in a thread of its own network namespace, which
     /// is why it needs root, as all of the tests do.
