@@ -139,7 +139,11 @@ impl BufferBudget {
 }
 
 /// Guest-side options: no Nagle, and a timeout so a guest that stops answering cannot pin a
-/// flow. ACKs wait up to 1 ms for data to ride on: a request's ACK then leaves with its
+/// flow. smoltcp counts that timeout from the guest's last segment even when nothing is
+/// outstanding, so an idle connection (an SSH session, a pooled database connection) would be
+/// reset after two minutes of quiet; a keep-alive probe every minute, which any live guest
+/// kernel answers, keeps such a connection open as the kernel and slirp4netns do, and still
+/// ends the flows of a guest that is gone. ACKs wait up to 1 ms for data to ride on: a request's ACK then leaves with its
 /// response instead of costing a TAP write (and a pass through the guest's TCP) of its own,
 /// which is what made tapir's TCP round trip slower than its UDP one. smoltcp still ACKs at
 /// once every second full segment and for a window update, so bulk transfers do not wait, and
@@ -151,9 +155,17 @@ pub fn new_socket(buffer: usize) -> tcp::Socket<'static> {
     );
     socket.set_nagle_enabled(false);
     socket.set_ack_delay(Some(Duration::from_millis(1)));
-    socket.set_timeout(Some(Duration::from_secs(120)));
+    socket.set_timeout(Some(GUEST_TIMEOUT));
+    socket.set_keep_alive(Some(KEEP_ALIVE));
     socket
 }
+
+/// How long a flow waits for a guest that has stopped answering.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often an idle flow asks the guest whether it is still there (well inside
+/// [`GUEST_TIMEOUT`], so that one lost probe is not fatal).
+const KEEP_ALIVE: Duration = Duration::from_secs(45);
 
 /// A zeroed ring of `len` bytes whose allocation is at least [`alloc::LARGE`], so that the
 /// tapir binary's allocator gives it pages of its own that stay untouched until data flows.
@@ -460,6 +472,13 @@ mod test {
             {}
         }
 
+        fn feed_nothing(&mut self) {
+            let mut dev = Device::new(None, &mut self.tx, &self.caps);
+            while self.iface.poll_egress(self.now, &mut dev, &mut self.set)
+                != smoltcp::iface::PollResult::None
+            {}
+        }
+
         /// A guest segment at the next sequence number, acknowledging what tapir sent.
         fn segment(&mut self, control: TcpControl, payload: &[u8]) {
             let repr = TcpRepr {
@@ -754,5 +773,41 @@ mod test {
         assert_eq!(host.input.len(), 5000 - 1024);
         assert!(side.readable, "not WouldBlock: the ring was full");
         let _ = rig.take_segments().first().map(|s| s.window);
+    }
+
+    #[test]
+    fn an_idle_connection_stays_open_while_the_guest_answers_and_ends_when_it_does_not() {
+        let mut rig = Rig::new(64 * 1024);
+        rig.take_segments();
+        // Ten minutes of quiet, but the guest's kernel answers every probe.
+        let mut probes = 0;
+        for _ in 0..40 {
+            rig.arp_for_guest();
+            rig.now += smoltcp::time::Duration::from_secs(15);
+            rig.feed_nothing();
+            for probe in rig.take_segments() {
+                assert!(!probe.rst, "reset after {probes} probes");
+                assert_eq!(
+                    probe.payload,
+                    [0],
+                    "a keep-alive probe carries one old octet"
+                );
+                probes += 1;
+                rig.segment(TcpControl::None, &[]);
+            }
+            assert_eq!(rig.socket().state(), State::Established);
+        }
+        assert!(
+            (10..=14).contains(&probes),
+            "{probes} probes in ten minutes"
+        );
+        // Then the guest goes silent: the flow is reset once the timeout has passed.
+        for _ in 0..10 {
+            rig.arp_for_guest();
+            rig.now += smoltcp::time::Duration::from_secs(15);
+            rig.feed_nothing();
+            rig.take_segments();
+        }
+        assert_eq!(rig.socket().state(), State::Closed);
     }
 }
