@@ -1191,15 +1191,23 @@ impl Network {
             return;
         };
         conn.dirty = false;
+        let socket = conn.set.get_mut::<tcp::Socket>(conn.handle);
+        // A connection the guest never accepted is over: aborted before ESTABLISHED (Closed),
+        // or reset by the guest in SYN-RECEIVED, which smoltcp answers by going back to
+        // LISTEN, where it would wait forever with no timer.
+        let unaccepted =
+            |s: &tcp::Socket| matches!(s.state(), tcp::State::Closed | tcp::State::Listen);
         let verdict = if conn.connecting {
-            Verdict::Open
+            if unaccepted(socket) {
+                Verdict::Reset
+            } else {
+                Verdict::Open
+            }
         } else {
-            let socket = conn.set.get_mut::<tcp::Socket>(conn.handle);
             let before = conn.side.moved;
             let v = pump(socket, &mut conn.host, &mut conn.side);
             self.stats.bytes_tcp_host += conn.side.moved - before;
-            // A connection the guest never accepted (aborted before ESTABLISHED) is over.
-            if v == Verdict::Open && socket.state() == tcp::State::Closed {
+            if v == Verdict::Open && unaccepted(socket) {
                 Verdict::Reset
             } else {
                 v
@@ -2690,6 +2698,70 @@ mod test {
         assert!(
             net.poll_at() > t0 + Duration::from_millis(100),
             "the moot deadline is still the next wake-up"
+        );
+    }
+
+    /// A guest that gives up on a connection before it is established (a connect timeout,
+    /// Happy Eyeballs' losing attempt) resets it, and smoltcp puts the socket back to LISTEN:
+    /// the flow must end there, whether tapir's host connect was still under way or its
+    /// SYN-ACK had gone out. It used to stay, holding a flow slot, its buffers and a host
+    /// connection until tapir exited.
+    #[test]
+    fn a_connection_the_guest_resets_before_it_is_established_ends() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (_poll, mut net) = network(Limits::default());
+        let t0 = Instant::now();
+        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let rst = |port| {
+            segment_with(
+                [10, 0, 2, 2],
+                port,
+                TcpControl::Rst,
+                TcpSeqNumber(2),
+                None,
+                &[],
+            )
+        };
+
+        // While the connect is under way (port 1: no event is polled, so it stays so).
+        net.handle_frame(t0, &syn([10, 0, 2, 2], 1));
+        assert_eq!((net.tcp.len(), net.tcp_pending), (1, 1));
+        net.handle_frame(t0, &rst(1));
+        net.service_dirty(t0);
+        assert_eq!(
+            (net.tcp.len(), net.tcp_pending),
+            (0, 0),
+            "reset while connecting"
+        );
+
+        // After the SYN-ACK: the host's peer is reset too.
+        net.handle_frame(t0, &syn([10, 0, 2, 2], port));
+        let id = net.tcp_index.values().copied().next().unwrap();
+        let (mut host, _) = listener.accept().unwrap();
+        net.tcp_ready(id, false, true, false);
+        net.service_dirty(t0);
+        assert!(
+            sent(&mut net)
+                .iter()
+                .any(|f| tcp_flags(f) == Some((true, false))),
+            "a SYN-ACK"
+        );
+        net.handle_frame(t0, &rst(port));
+        net.service_dirty(t0);
+        assert_eq!(
+            (net.tcp.len(), net.tcp_pending),
+            (0, 0),
+            "reset after the SYN-ACK"
+        );
+        assert!(net.timers.is_empty());
+        let mut buf = [0; 1];
+        let got = host.read(&mut buf);
+        assert!(
+            got.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the host's peer read {got:?}"
         );
     }
 
