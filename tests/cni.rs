@@ -249,6 +249,29 @@ check_eq "ct2 after a failed ADD" "$(in_ct ct2 ip -j link | jq -c '[.[].ifname] 
     ));
 }
 
+/// A bridge the administrator made keeps its own MAC, and the result must say so: CHECK
+/// compares the bridge's MAC with prevResult's (it used to report the MAC tapir gives the
+/// bridges it makes, so CHECK always failed here). DEL leaves the bridge, which tapir did not make.
+#[test]
+fn a_bridge_that_was_there_is_reported_as_it_is_and_kept() {
+    world("cni_own_bridge").run_ok(&scenario(
+        r#"
+ip link add cni-br0 type bridge
+ip link set cni-br0 address 02:aa:bb:cc:dd:ee
+ip netns add ct1
+cni ADD ctr1 /run/netns/ct1 <"$W/net.json" >"$W/add1.json"
+check_eq "ADD exit status" "$rc" 0
+check_eq "the bridge's MAC in the result" "$(jq -r '.interfaces[0].mac' "$W/add1.json")" 02:aa:bb:cc:dd:ee
+with_prev "$W/add1.json" >"$W/check1.json"
+call_cni CHECK ctr1 /run/netns/ct1 <"$W/check1.json"
+check_eq "CHECK" "$rc:$out" "0:"
+cni DEL ctr1 /run/netns/ct1 <"$W/check1.json"
+check_eq "DEL exit status" "$rc" 0
+check_eq "the bridge after DEL" "$(ip -j link show cni-br0 | jq -r '.[0].address')" 02:aa:bb:cc:dd:ee
+"#,
+    ));
+}
+
 /// The reference: Debian's `bridge` plugin (containernetworking-plugins), given the same
 /// configuration with its own bridge and subnet, prints a result with exactly the fields
 /// tapir's has (the same paths; values differ by name, address and MAC).

@@ -227,7 +227,7 @@ fn build(
     lock: &StateLock,
     state: &mut State,
 ) -> Result<Attachment, KernelError> {
-    let bridge = ensure_bridge(nl, cfg, lease.gateway, lock, state)?;
+    let (bridge, bridge_mac) = ensure_bridge(nl, cfg, lease.gateway, lock, state)?;
     let target = File::open(netns_path).map_err(|e| netns::NetnsError::Open {
         path: netns_path.to_path_buf(),
         cause: e.into(),
@@ -249,7 +249,7 @@ fn build(
     inside.route_add_default_v4(lease.gateway)?;
     Ok(Attachment {
         bridge: lease.bridge.clone(),
-        bridge_mac: bridge_mac(&lease.bridge),
+        bridge_mac,
         host_veth: lease.host_veth.clone(),
         container_ifname: lease.ifname.clone(),
         container_mac: ctr.mac,
@@ -260,17 +260,18 @@ fn build(
     })
 }
 
-/// The bridge's index, creating and configuring it first if it is missing (and recording that
-/// tapir made it, before making it, so a rollback or prune deletes it).
+/// The bridge's index and MAC, creating and configuring it first if it is missing (and
+/// recording that tapir made it, before making it, so a rollback or prune deletes it). A bridge
+/// that was there keeps its own MAC, which is what a result must report.
 fn ensure_bridge(
     nl: &mut Netlink,
     cfg: &BridgeConfig,
     gateway: Ipv4Addr,
     lock: &StateLock,
     state: &mut State,
-) -> Result<u32, KernelError> {
-    let index = match nl.link_get(&cfg.bridge)? {
-        Some(link) if link.is_bridge => link.index,
+) -> Result<(u32, [u8; 6]), KernelError> {
+    let (index, mac) = match nl.link_get(&cfg.bridge)? {
+        Some(link) if link.is_bridge => (link.index, link.mac),
         Some(_) => {
             return Err(KernelError::Invalid {
                 what: "--bridge",
@@ -285,12 +286,13 @@ fn ensure_bridge(
             }
             nl.bridge_add(&cfg.bridge)?;
             let index = nl.link_index(&cfg.bridge)?;
-            nl.link_set_mac(index, bridge_mac(&cfg.bridge))?;
+            let mac = bridge_mac(&cfg.bridge);
+            nl.link_set_mac(index, mac)?;
             if let Some(mtu) = cfg.mtu {
                 nl.link_set_mtu(index, mtu)?;
             }
             log::info!("created the bridge {}", cfg.bridge);
-            index
+            (index, mac)
         }
     };
     let prefix = cfg.subnet.prefix_len();
@@ -300,7 +302,7 @@ fn ensure_bridge(
     nl.link_set_up(index)?;
     sysctl::write(sysctl::IP_FORWARD, "1")?;
     sysctl::write(&sysctl::route_localnet(&cfg.bridge), "1")?;
-    Ok(index)
+    Ok((index, mac))
 }
 
 pub(super) fn check(
