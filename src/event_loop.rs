@@ -1885,6 +1885,10 @@ impl Network {
 }
 
 impl crate::api::server::ForwardTable for Network {
+    fn guest(&self) -> Ipv4Addr {
+        self.map.plan().guest
+    }
+
     fn add_forward(&mut self, fwd: PortForward, guest: Option<Ipv4Addr>) -> io::Result<u64> {
         Network::add_forward(self, fwd, guest)
     }

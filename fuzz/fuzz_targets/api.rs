@@ -24,6 +24,10 @@ struct Table {
 }
 
 impl ForwardTable for Table {
+    fn guest(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 2, 100)
+    }
+
     fn add_forward(&mut self, fwd: PortForward, guest: Option<Ipv4Addr>) -> io::Result<u64> {
         // A port already forwarded is in use, as the kernel would say.
         if self

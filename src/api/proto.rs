@@ -93,6 +93,11 @@ pub enum ApiError {
     BadHostPort,
     #[error("bad request: add_hostfwd: bad arguments.guest_addr")]
     BadGuestAddr,
+    /// An address on the guest's side that is not the guest's (slirp4netns would take it).
+    #[error(
+        "bad request: add_hostfwd: bad arguments.guest_addr: {asked} is not the guest's address, {guest}"
+    )]
+    NotTheGuest { asked: Ipv4Addr, guest: Ipv4Addr },
     #[error("bad request: add_hostfwd: bad arguments.guest_port")]
     BadGuestPort,
     /// The caller could not listen on the host address (in use, privileged port, ...).

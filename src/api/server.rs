@@ -30,6 +30,9 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the API acts on: the running network's forwards, counters and egress policy.
 pub trait ForwardTable {
+    /// The guest's address: the only one a forward can reach, as tapir carries nothing from
+    /// any other.
+    fn guest(&self) -> Ipv4Addr;
     fn add_forward(&mut self, fwd: PortForward, guest: Option<Ipv4Addr>) -> io::Result<u64>;
     fn remove_forward(&mut self, id: u64) -> bool;
     fn forwards(&self) -> Vec<(u64, PortForward, Ipv4Addr)>;
@@ -49,9 +52,17 @@ pub fn respond(table: &mut impl ForwardTable, request: &[u8]) -> Vec<u8> {
     };
     match request {
         Request::AddHostfwd(h) => {
+            // slirp4netns forwards to any address on the guest's side; tapir drops every
+            // frame not from the guest's own address, so a forward elsewhere would never be
+            // answered: refused here, naming both. 0.0.0.0 means the guest, as "" does.
             let guest = match h.guest_addr {
                 None => None,
-                Some(std::net::IpAddr::V4(v4)) => Some(v4),
+                Some(std::net::IpAddr::V4(v4)) if v4.is_unspecified() => None,
+                Some(std::net::IpAddr::V4(v4)) if v4 == table.guest() => Some(v4),
+                Some(std::net::IpAddr::V4(asked)) => {
+                    let guest = table.guest();
+                    return proto::error_response(&ApiError::NotTheGuest { asked, guest });
+                }
                 Some(std::net::IpAddr::V6(_)) => {
                     return proto::error_response(&ApiError::BadGuestAddr);
                 }
@@ -334,6 +345,9 @@ mod test {
     }
 
     impl ForwardTable for Table {
+        fn guest(&self) -> Ipv4Addr {
+            Ipv4Addr::new(10, 0, 2, 100)
+        }
         fn add_forward(&mut self, fwd: PortForward, guest: Option<Ipv4Addr>) -> io::Result<u64> {
             if fwd.host.port() == 1 {
                 return Err(ErrorKind::PermissionDenied.into());
@@ -414,6 +428,20 @@ mod test {
         assert_eq!(t.entries[0].2, Ipv4Addr::new(10, 0, 2, 100));
         let v6 = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":18081,"guest_addr":"fd00::100","guest_port":80}}"#;
         assert!(ask(&mut t, v6).contains("bad arguments.guest_addr"));
+    }
+
+    #[test]
+    fn a_forward_to_another_guest_address_is_refused_naming_both() {
+        let mut t = Table::default();
+        let other = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":18080,"guest_addr":"10.0.2.15","guest_port":80}}"#;
+        assert_eq!(
+            ask(&mut t, other),
+            r#"{"error":{"desc":"bad request: add_hostfwd: bad arguments.guest_addr: 10.0.2.15 is not the guest's address, 10.0.2.100"}}"#
+        );
+        assert!(t.entries.is_empty());
+        let any = r#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":18080,"guest_addr":"0.0.0.0","guest_port":80}}"#;
+        assert_eq!(ask(&mut t, any), r#"{"return":{"id":1}}"#);
+        assert_eq!(t.entries[0].2, Ipv4Addr::new(10, 0, 2, 100));
     }
 
     #[test]
