@@ -527,11 +527,18 @@ impl Network {
         }
     }
 
-    /// Queues a frame tapir built (in `self.scratch`) towards the guest.
+    /// Queues a frame tapir built (in `self.scratch`) towards the guest; a full queue
+    /// refuses it, and the refusal is counted with smoltcp's (see `count_refused_frames`).
     fn send_scratch(&mut self) {
-        if !self.tx.push_frame(&self.scratch) {
-            self.stats.drop(DropReason::TxQueueFull);
-        }
+        self.tx.push_frame(&self.scratch);
+    }
+
+    /// Moves the queue's count of frames it refused for want of room, those tapir built and
+    /// those smoltcp built (replies to the guest produced while the queue was full), into
+    /// `limit_tx_queue`. Called once a turn.
+    pub fn count_refused_frames(&mut self) {
+        let refused = std::mem::take(&mut self.tx.refused);
+        self.stats.drop_many(DropReason::TxQueueFull, refused);
     }
 
     /// One Ethernet frame from the guest (vnet header already removed).
@@ -621,7 +628,10 @@ impl Network {
     }
 
     fn dhcp(&mut self, now: Instant, client_mac: EthernetAddress, payload: &[u8]) {
-        let Some(reply) = self.dhcp.handle(now, client_mac.0, payload) else {
+        let reply = self.dhcp.handle(now, client_mac.0, payload);
+        let unanswered = std::mem::take(&mut self.dhcp.unanswered);
+        self.stats.drop_many(DropReason::Dhcp, unanswered);
+        let Some(reply) = reply else {
             return;
         };
         let plan = self.plan();
@@ -907,6 +917,7 @@ impl Network {
             };
             if let Err(e) = sent {
                 log::debug!("udp {} -> {}: {e}", key.guest, key.remote);
+                self.stats.drop(DropReason::HostSend);
             }
             return;
         }
@@ -945,6 +956,7 @@ impl Network {
         };
         if let Err(e) = socket.send(payload) {
             log::debug!("udp {} -> {addr}: {e}", key.guest);
+            self.stats.drop(DropReason::HostSend);
         }
         entry.insert(UdpFlow {
             key,
@@ -1105,6 +1117,7 @@ impl Network {
         icmp::echo_request(dst.is_ipv6(), seq_no, data, &mut self.scratch);
         if let Err(e) = flow.socket.send(&self.scratch) {
             log::debug!("ping {dst}: {e}");
+            self.stats.drop(DropReason::HostSend);
         }
     }
 
@@ -1936,7 +1949,14 @@ impl crate::api::server::ForwardTable for Network {
             ("icmp_open", self.icmp.len() as u64),
             ("icmp_opened", s.icmp_opened),
         ];
-        v.extend(DropReason::ALL.iter().map(|r| (r.name(), s.drops(*r))));
+        v.extend(DropReason::ALL.iter().map(|r| {
+            let pending = if *r == DropReason::TxQueueFull {
+                self.tx.refused
+            } else {
+                0
+            };
+            (r.name(), s.drops(*r) + pending)
+        }));
         v
     }
 }
@@ -2313,6 +2333,7 @@ impl Driver {
             self.tap_writable = flush(&self.tap, &mut self.net, self.tap_writable);
         }
         self.net.resume_starved();
+        self.net.count_refused_frames();
         Ok(ending)
     }
 
@@ -2870,6 +2891,50 @@ mod test {
         let out = sent(&mut net);
         assert_eq!(out.len(), 1, "an ARP request instead of the reset?");
         assert_eq!(tcp_flags(&out[0]), Some((false, true)));
+    }
+
+    /// Replies smoltcp builds while the queue towards the guest is full (here a RST for an
+    /// unknown flow) are dropped and counted in `limit_tx_queue`, as tapir's own frames are.
+    #[test]
+    fn replies_refused_by_a_full_queue_are_counted() {
+        use crate::api::server::ForwardTable;
+        let limits = Limits {
+            max_tx_frames: 1,
+            ..Limits::default()
+        };
+        let (_poll, mut net) = network(limits);
+        let t0 = Instant::now();
+        let stray = |port| segment([10, 0, 2, 2], port, TcpControl::None, Some(TcpSeqNumber(9)));
+        net.handle_frame(t0, &stray(80));
+        assert!(net.tx.is_full());
+        net.handle_frame(t0, &stray(81));
+        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let counted = |net: &Network| {
+            net.counters()
+                .into_iter()
+                .find(|(name, _)| *name == "limit_tx_queue")
+                .map(|(_, n)| n)
+        };
+        assert_eq!(counted(&net), Some(2), "a RST and an ARP reply");
+        net.count_refused_frames();
+        assert_eq!(counted(&net), Some(2));
+        assert_eq!(net.stats.drops(DropReason::TxQueueFull), 2);
+    }
+
+    /// A datagram the host socket refuses (here ECONNREFUSED: the first one found the port
+    /// closed) is dropped and counted, not only logged.
+    #[test]
+    fn datagrams_the_host_socket_refuses_are_counted() {
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let (_poll, mut net) = network(Limits::default());
+        let t0 = Instant::now();
+        let to = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), port);
+        net.handle_frame(t0, &udp(to, b"one"));
+        assert_eq!(net.stats.drops(DropReason::HostSend), 0);
+        net.handle_frame(t0, &udp(to, b"two"));
+        assert_eq!(net.stats.drops(DropReason::HostSend), 1);
     }
 
     /// Ring sizes of the open TCP flows, by destination port.

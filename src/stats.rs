@@ -39,14 +39,20 @@ pub enum DropReason {
     TxQueueFull,
     /// The host refused to open a socket for the flow (e.g. ping sockets not allowed).
     HostSocket,
+    /// The host socket of a UDP or ICMP flow refused a datagram: its buffer was full (a
+    /// flood), or it reported an earlier error (a port unreachable).
+    HostSend,
     /// The DNS forwarder refused the query (malformed, or too many outstanding).
     Dns,
+    /// A DHCP message the server does not answer: unparsable, of a type a server is not sent,
+    /// or a DISCOVER with no address left to offer.
+    Dhcp,
     /// The egress policy denied a new flow.
     Denied,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::Fragment,
@@ -62,7 +68,9 @@ impl DropReason {
         DropReason::IcmpRateLimit,
         DropReason::TxQueueFull,
         DropReason::HostSocket,
+        DropReason::HostSend,
         DropReason::Dns,
+        DropReason::Dhcp,
         DropReason::Denied,
     ];
 
@@ -84,7 +92,9 @@ impl DropReason {
             DropReason::IcmpRateLimit => "limit_icmp_rate",
             DropReason::TxQueueFull => "limit_tx_queue",
             DropReason::HostSocket => "drop_host_socket",
+            DropReason::HostSend => "drop_host_send",
             DropReason::Dns => "drop_dns",
+            DropReason::Dhcp => "drop_dhcp",
             DropReason::Denied => "policy_denied",
         }
     }
@@ -133,9 +143,18 @@ pub struct Stats {
 impl Stats {
     /// Counts a drop; the first limit hit of each kind is logged as a warning.
     pub fn drop(&mut self, reason: DropReason) {
+        self.drop_many(reason, 1);
+    }
+
+    /// `count` drops for one reason at once (none: nothing happens).
+    pub fn drop_many(&mut self, reason: DropReason, count: u64) {
+        if count == 0 {
+            return;
+        }
         let n = &mut self.drops[reason.index()];
-        *n += 1;
-        if *n == 1 && reason.is_limit() {
+        let first = *n == 0;
+        *n += count;
+        if first && reason.is_limit() {
             log::warn!("limit hit: {reason:?} (counted from now on, logged once)");
         } else {
             log::trace!("dropped: {reason:?}");

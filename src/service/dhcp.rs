@@ -102,6 +102,10 @@ pub struct DhcpServer {
     slots: Vec<Slot>,
     /// Running out of addresses is logged once, not per DISCOVER.
     exhaustion_logged: bool,
+    /// Messages left unanswered that a server would not expect: unparsable, of a type clients
+    /// do not send, or a DISCOVER with no address left. (DECLINE and RELEASE get no answer by
+    /// design and are not counted.) The event loop moves this into its counters.
+    pub unanswered: u64,
 }
 
 impl DhcpServer {
@@ -120,6 +124,7 @@ impl DhcpServer {
             mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
             slots,
             exhaustion_logged: false,
+            unanswered: 0,
         }
     }
 
@@ -128,10 +133,12 @@ impl DhcpServer {
     pub fn handle(&mut self, now: Instant, client_mac: [u8; 6], request: &[u8]) -> Option<Reply> {
         let Ok(packet) = DhcpPacket::new_checked(request) else {
             log::debug!("dhcp: {} bytes, too short", request.len());
+            self.unanswered += 1;
             return None;
         };
         let Ok(repr) = DhcpRepr::parse(&packet) else {
             log::debug!("dhcp: unparsable message from {}", mac_str(client_mac));
+            self.unanswered += 1;
             return None;
         };
         match repr.message_type {
@@ -146,7 +153,10 @@ impl DhcpServer {
                 None
             }
             DhcpMessageType::Inform => self.inform(&repr),
-            _ => None,
+            _ => {
+                self.unanswered += 1;
+                None
+            }
         }
     }
 
@@ -161,6 +171,7 @@ impl DhcpServer {
             if !std::mem::replace(&mut self.exhaustion_logged, true) {
                 log::warn!("dhcp: no address left for {} (logged once)", mac_str(mac));
             }
+            self.unanswered += 1;
             return None;
         };
         let until = match self.slots[i].holder {
@@ -645,7 +656,9 @@ mod test {
         }
         // The pool is full; only the released address is left.
         assert_eq!(lease(&mut s, mac(17), now), Some(GUEST));
+        assert_eq!(s.unanswered, 0, "a RELEASE gets no answer by design");
         assert_eq!(lease(&mut s, mac(18), now), None);
+        assert_eq!(s.unanswered, 1, "a DISCOVER with nothing to offer");
         // A lease that ran out can go to someone else.
         let later = now + LEASE_TIME + Duration::from_secs(1);
         assert_eq!(lease(&mut s, mac(18), later), Some(GUEST));
@@ -691,6 +704,21 @@ mod test {
         assert_eq!(repr.your_ip, Ipv4Addr::new(192, 168, 128, 100));
         assert_eq!(repr.subnet_mask, Some(Ipv4Addr::new(255, 255, 128, 0)));
         assert!(options(&offer).contains(&(26, vec![0xff, 0xf0])));
+    }
+
+    #[test]
+    fn messages_a_server_does_not_expect_are_counted() {
+        let mut s = server();
+        let now = Instant::now();
+        assert_eq!(s.handle(now, MAC_A, &discover()[..100]), None);
+        let mut offer = discover();
+        offer[0] = 2;
+        offer[242] = 2;
+        assert_eq!(s.handle(now, MAC_A, &offer), None);
+        assert_eq!(s.unanswered, 2);
+        let decline = message(4, MAC_A, [0; 4], Some([10, 0, 2, 100]));
+        assert_eq!(s.handle(now, MAC_A, &decline), None);
+        assert_eq!(s.unanswered, 2, "a DECLINE gets no answer by design");
     }
 
     #[test]
