@@ -2507,6 +2507,23 @@ mod test {
         (poll, net)
     }
 
+    /// A network (with `limits`) that has just heard the guest ask for the gateway's MAC, so
+    /// that it answers the guest at once, and the time it heard it (its clock's start or
+    /// later, as every time handed to it must be).
+    fn network_heard_guest(limits: Limits) -> (Poll, Network, Instant) {
+        let (poll, mut net) = network(limits);
+        let t0 = Instant::now();
+        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        (poll, net, t0)
+    }
+
+    /// A listener on the host's loopback, and its port.
+    fn host_listener() -> (std::net::TcpListener, u16) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (listener, port)
+    }
+
     fn ethernet(ethertype: EthernetProtocol, payload_len: usize) -> Vec<u8> {
         let mut f = vec![0; 14 + payload_len];
         EthernetRepr {
@@ -2624,9 +2641,7 @@ mod test {
     /// would spin forever (the hang a SYN flood and any slow host connect exposed).
     #[test]
     fn a_retransmitted_syn_while_connecting_leaves_no_timer_due() {
-        let (_poll, mut net) = network(Limits::default());
-        let t0 = Instant::now();
-        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let (_poll, mut net, t0) = network_heard_guest(Limits::default());
         // Port 1 of the host's loopback; no event is ever polled here, so the connect stays
         // under way.
         net.handle_frame(t0, &syn([10, 0, 2, 2], 1));
@@ -2644,15 +2659,12 @@ mod test {
     /// under a connect flood, with `starved` growing by the gigabyte).
     #[test]
     fn a_flow_that_cannot_emit_does_not_spin_the_timers() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (listener, port) = host_listener();
         let limits = Limits {
             max_tx_frames: 1,
             ..Limits::default()
         };
-        let (_poll, mut net) = network(limits);
-        let t0 = Instant::now();
-        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let (_poll, mut net, t0) = network_heard_guest(limits);
         net.handle_frame(t0, &syn([10, 0, 2, 2], port));
         let id = net.tcp_index.values().copied().next().unwrap();
         let _accepted = listener.accept().unwrap();
@@ -2676,11 +2688,8 @@ mod test {
     #[test]
     fn a_moot_delayed_ack_deadline_does_not_wake_the_loop() {
         use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (_poll, mut net) = network(Limits::default());
-        let t0 = Instant::now();
-        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let (listener, port) = host_listener();
+        let (_poll, mut net, t0) = network_heard_guest(Limits::default());
         net.handle_frame(t0, &syn([10, 0, 2, 2], port));
         let id = net.tcp_index.values().copied().next().unwrap();
         let (mut host, _) = listener.accept().unwrap();
@@ -2734,11 +2743,8 @@ mod test {
     #[test]
     fn a_connection_the_guest_resets_before_it_is_established_ends() {
         use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (_poll, mut net) = network(Limits::default());
-        let t0 = Instant::now();
-        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let (listener, port) = host_listener();
+        let (_poll, mut net, t0) = network_heard_guest(Limits::default());
         let rst = |port| {
             segment_with(
                 [10, 0, 2, 2],
@@ -2795,9 +2801,7 @@ mod test {
     /// the flow goes without a RST.
     #[test]
     fn a_host_connect_failing_unreachable_is_icmp_quoting_the_syn() {
-        let (_poll, mut net) = network(Limits::default());
-        let t0 = Instant::now();
-        net.handle_frame(t0, &arp_request(Ipv4Addr::new(10, 0, 2, 2)));
+        let (_poll, mut net, t0) = network_heard_guest(Limits::default());
         let _ = sent(&mut net);
         let syn = syn([10, 0, 2, 2], 1);
         net.handle_frame(t0, &syn);
