@@ -91,17 +91,19 @@ fn check_against(
 ) -> Result<(), KernelError> {
     for l in &state.leases {
         if l.bridge == cfg.bridge && (l.subnet != cfg.subnet || l.gateway != cfg.gateway()) {
-            return Err(KernelError::Invalid {
-                what: "--subnet",
-                value: cfg.subnet.to_string(),
-                why: "the bridge is already in use with another subnet or gateway",
+            return Err(KernelError::BridgeInUse {
+                bridge: l.bridge.clone(),
+                subnet: l.subnet,
+                gateway: l.gateway,
+                asked_subnet: cfg.subnet,
+                asked_gateway: cfg.gateway(),
             });
         }
         if l.bridge != cfg.bridge && l.subnet.overlaps(&cfg.subnet) {
-            return Err(KernelError::Invalid {
-                what: "--subnet",
-                value: cfg.subnet.to_string(),
-                why: "it overlaps the subnet of another tapir bridge",
+            return Err(KernelError::SubnetOverlaps {
+                asked: cfg.subnet,
+                bridge: l.bridge.clone(),
+                subnet: l.subnet,
             });
         }
     }
@@ -427,5 +429,36 @@ mod test {
         assert!(check_against(&State::default(), &cfg(), &[p, q]).is_err());
         let u: PortForward = "8080:80/udp".parse().unwrap();
         assert!(check_against(&State::default(), &cfg(), &[p, u]).is_ok());
+    }
+
+    #[test]
+    fn a_subnet_clash_names_the_bridge_and_what_it_uses() {
+        let lease = |bridge: &str, subnet: &str, gateway: [u8; 4]| Lease {
+            owner: "other".into(),
+            ifname: "eth0".into(),
+            bridge: bridge.into(),
+            subnet: subnet.parse().unwrap(),
+            gateway: gateway.into(),
+            address: [10, 0, 0, 2].into(),
+            host_veth: "tapir0000".into(),
+            ip_masq: true,
+            pid: None,
+            publish: vec![],
+        };
+        let state = |l: Lease| State {
+            leases: vec![l],
+            ..State::default()
+        };
+        let used = state(lease("br0", "10.88.0.0/16", [10, 88, 0, 1]));
+        assert_eq!(
+            check_against(&used, &cfg(), &[]).unwrap_err().to_string(),
+            "the bridge \"br0\" is already in use with subnet 10.88.0.0/16 and gateway 10.88.0.1, \
+             not 172.18.0.0/16 with gateway 172.18.0.1"
+        );
+        let other = state(lease("br1", "172.18.5.0/24", [172, 18, 5, 1]));
+        assert_eq!(
+            check_against(&other, &cfg(), &[]).unwrap_err().to_string(),
+            "the subnet 172.18.0.0/16 overlaps 172.18.5.0/24, which the bridge \"br1\" uses"
+        );
     }
 }

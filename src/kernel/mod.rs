@@ -122,6 +122,23 @@ pub enum KernelError {
     },
     #[error("{owner:?} has no interface {ifname:?} attached")]
     NotAttached { owner: String, ifname: String },
+    #[error(
+        "the bridge {bridge:?} is already in use with subnet {subnet} and gateway {gateway}, \
+         not {asked_subnet} with gateway {asked_gateway}"
+    )]
+    BridgeInUse {
+        bridge: String,
+        subnet: Ipv4Subnet,
+        gateway: Ipv4Addr,
+        asked_subnet: Ipv4Subnet,
+        asked_gateway: Ipv4Addr,
+    },
+    #[error("the subnet {asked} overlaps {subnet}, which the bridge {bridge:?} uses")]
+    SubnetOverlaps {
+        asked: Ipv4Subnet,
+        bridge: String,
+        subnet: Ipv4Subnet,
+    },
     #[error("{what} {value:?} is not usable: {why}")]
     Invalid {
         what: &'static str,

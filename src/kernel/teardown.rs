@@ -158,13 +158,18 @@ pub(super) fn reconcile(
         }
     }
     if state.leases.is_empty()
-        && let Some(old) = state.ip_forward_before.take()
+        && let Some(old) = state.ip_forward_before.clone()
     {
-        if let Err(e) = sysctl::write(sysctl::IP_FORWARD, &old) {
-            errors.push(e.into());
-        }
-        if let Err(e) = lock.save(state) {
-            errors.push(e.into());
+        // The recorded value goes only once it is back: should the write fail, a later
+        // detach or prune tries again rather than leave forwarding on for good.
+        match sysctl::write(sysctl::IP_FORWARD, &old) {
+            Ok(()) => {
+                state.ip_forward_before = None;
+                if let Err(e) = lock.save(state) {
+                    errors.push(e.into());
+                }
+            }
+            Err(e) => errors.push(e.into()),
         }
     }
 }
