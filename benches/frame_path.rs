@@ -120,6 +120,7 @@ impl Harness {
             forwards: vec![],
             vnet_hdr: false,
             nameservers: vec![],
+            resolv_conf: None,
             host_addrs: vec![],
             outbound: (None, None),
             pcap: None,

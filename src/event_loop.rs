@@ -58,6 +58,7 @@ use crate::stack::device::{self, Device, MAX_FRAME, TxQueue, VNET_HDR_LEN};
 use crate::stack::frame::{self, FlowKey, GuestFrame, Link};
 use crate::stack::pcap::PcapSink;
 use crate::stats::{DropReason, Stats};
+use crate::sys::resolv::ResolvWatch;
 use crate::sys::splice::SplicedSockets;
 
 /// Errors that stop the network before or while it runs.
@@ -94,6 +95,9 @@ pub struct NetworkConfig {
     pub vnet_hdr: bool,
     /// The host's resolvers (from its resolv.conf), for the DNS forwarder.
     pub nameservers: Vec<IpAddr>,
+    /// The resolv.conf they came from, followed while tapir runs (`sys::resolv`); `None`:
+    /// they stay as given.
+    pub resolv_conf: Option<PathBuf>,
     /// The host's own interface addresses (refused when host loopback is disabled).
     pub host_addrs: Vec<IpAddr>,
     /// Source addresses for host sockets (`--outbound-addr`, `--outbound-addr6`).
@@ -280,6 +284,7 @@ pub struct Network {
     to_host: Vec<ToHostListener>,
     dns: DnsRelay,
     dns_socket: mio::net::UdpSocket,
+    resolv: Option<ResolvWatch>,
     next_sweep: Instant,
     /// Source ports for forwarded connections whose client port is taken.
     next_port: u16,
@@ -323,13 +328,7 @@ impl Network {
             }
         });
 
-        let upstreams = config
-            .nameservers
-            .iter()
-            .filter(|ip| ip.is_ipv4())
-            .map(|ip| SocketAddr::new(*ip, 53))
-            .collect();
-        let dns = DnsRelay::new(upstreams, 256, Duration::from_secs(2));
+        let dns = DnsRelay::new(upstreams(&config.nameservers), 256, Duration::from_secs(2));
         let mut dns_socket = mio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0).into())
             .map_err(LoopError::DnsSocket)?;
         registry
@@ -391,6 +390,7 @@ impl Network {
             to_host: Vec::new(),
             dns,
             dns_socket,
+            resolv: config.resolv_conf.as_ref().map(ResolvWatch::new),
             next_sweep: now + Duration::from_secs(1),
             next_port: 49152,
             pcap,
@@ -772,6 +772,8 @@ impl Network {
         if self.tcp_flows_full() {
             return;
         }
+        // A new connection may be DNS over TCP, which goes to the first nameserver.
+        self.follow_resolv_conf(now);
         if self.tcp_pending >= self.limits.max_tcp_pending {
             return self.stats.drop(DropReason::TcpPendingLimit);
         }
@@ -1022,7 +1024,25 @@ impl Network {
         }
     }
 
+    /// Takes up the host's new nameservers if its resolv.conf changed (see `sys::resolv`). A
+    /// file that names none keeps the old ones: a rewrite caught half-way, or a network gone
+    /// for a moment, should not leave the guest without DNS.
+    fn follow_resolv_conf(&mut self, now: Instant) {
+        let Some(nameservers) = self.resolv.as_mut().and_then(|w| w.poll(now)) else {
+            return;
+        };
+        if nameservers.is_empty() {
+            log::warn!("resolv.conf now names no nameserver: DNS keeps the previous ones");
+            return;
+        }
+        log::info!("resolv.conf changed: DNS now goes to {nameservers:?}");
+        let upstreams = upstreams(&nameservers);
+        self.dns.set_upstreams(upstreams);
+        self.map.set_nameservers(&nameservers);
+    }
+
     fn dns_query(&mut self, now: Instant, key: FlowKey, payload: &[u8]) {
+        self.follow_resolv_conf(now);
         match self.dns.handle_query(now, key.guest, payload) {
             Some(q) => {
                 if let Err(e) = self.dns_socket.send_to(&q.bytes, q.upstream) {
@@ -1961,6 +1981,15 @@ impl crate::api::server::ForwardTable for Network {
     }
 }
 
+/// Where the DNS forwarder sends: port 53 of each IPv4 nameserver.
+fn upstreams(nameservers: &[IpAddr]) -> Vec<SocketAddr> {
+    nameservers
+        .iter()
+        .filter(|ip| ip.is_ipv4())
+        .map(|ip| SocketAddr::new(*ip, 53))
+        .collect()
+}
+
 /// Builds an echo reply `from` → `to` into `out`; false when the families differ.
 fn echo_frame(
     out: &mut Vec<u8>,
@@ -2491,6 +2520,7 @@ mod test {
             forwards: vec![],
             vnet_hdr: false,
             nameservers: vec![],
+            resolv_conf: None,
             host_addrs: vec![],
             outbound: (None, None),
             pcap: None,

@@ -74,3 +74,37 @@ fn slirp4netns_reference_dns_tcp() {
         .needs(&["getent"])
         .run_ok(DNS_TCP);
 }
+
+/// The host's resolv.conf rewritten while one tapir runs, as a VPN client or NetworkManager
+/// rewrites it: a query a second later goes to the new nameserver. `tapir run` has its sandbox
+/// on, so this also shows the sandbox keeps the file readable. libslirp does the same (it looks
+/// at the file at most once a second).
+const DNS_FOLLOWS_RESOLV_CONF: &str = r#"
+start dns2 actor dns-server 127.0.0.2 53
+wait_until 10 "the second DNS server" sh -c '[ -n "$(ss -Hlun "src 127.0.0.2 and sport = :53")" ]'
+start guest guest sh -c "
+actor dns-query 10.0.2.3 tapir.test >'$W/tmp/before'
+touch '$W/tmp/asked'
+until [ -e '$W/tmp/changed' ]; do sleep 0.05; done
+sleep 1.5
+actor dns-query 10.0.2.3 tapir.test >'$W/tmp/after'"
+guest_pid=$!
+wait_ready "$W/tmp/asked" "$guest_pid"
+printf 'nameserver 127.0.0.2\n' >"$W/etc/resolv.conf"
+touch "$W/tmp/changed"
+wait "$guest_pid" || fail "the guest failed: $(cat "$W/log/guest.log")"
+check_eq "A tapir.test before the change" "$(cat "$W/tmp/before")" "NOERROR 192.0.2.53"
+check_eq "A tapir.test after the change" "$(cat "$W/tmp/after")" "NOERROR 192.0.2.53"
+check_eq "queries the first nameserver saw" "$(grep -cx 'udp A tapir.test.' "$W/log/dns.log")" 1
+check_eq "queries the second nameserver saw" "$(grep -cx 'udp A tapir.test.' "$W/log/dns2.log")" 1
+"#;
+
+#[test]
+fn a_changed_resolv_conf_is_followed() {
+    World::tapir("dns_follow").run_ok(DNS_FOLLOWS_RESOLV_CONF);
+}
+
+#[test]
+fn slirp4netns_reference_a_changed_resolv_conf_is_followed() {
+    World::slirp4netns("slirp_dns_follow").run_ok(DNS_FOLLOWS_RESOLV_CONF);
+}

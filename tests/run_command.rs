@@ -161,7 +161,11 @@ guest_after_checks
 wait_until 10 "tapir to install its filter" grep -q $'^Seccomp:\t2' "/proc/$TP/status"
 status=$(cat "/proc/$TP/status")
 check_match "tapir's no_new_privs" "$status" $'NoNewPrivs:\t1'
-check_eq "what tapir's root directory holds" "$(ls -A "/proc/$TP/root/" 2>&1)" ""
+# Nothing but the directory of the host's resolv.conf (here a file bound over /etc/resolv.conf),
+# read-only, so that tapir notices a change to it.
+check_eq "what tapir's root directory holds" "$(ls -A "/proc/$TP/root/" 2>&1)" "etc"
+check_match "how tapir sees /etc" "$(awk '$5 == "/etc" { print $6 }' "/proc/$TP/mountinfo")" '^ro,'
+check_eq "tapir's view of resolv.conf" "$(cat "/proc/$TP/root/etc/resolv.conf")" "nameserver 127.0.0.1"
 check test "$(readlink "/proc/$TP/ns/mnt")" != "$(readlink /proc/self/ns/mnt)"
 check test "$(readlink "/proc/$TP/ns/user")" != "$(readlink /proc/self/ns/user)"
 # Its network namespace is still the caller's: that is where its host sockets live.

@@ -334,8 +334,8 @@ fn podman_tapir() {
         .run_ok(PODMAN);
 }
 
-/// `--enable-sandbox --enable-seccomp` confine tapir before it reports ready: an empty root
-/// directory, no_new_privs and a seccomp filter, as /proc shows. The confined tapir still
+/// `--enable-sandbox --enable-seccomp` confine tapir before it reports ready: a root directory
+/// with only resolv.conf's directory, no_new_privs and a seccomp filter, as /proc shows. The confined tapir still
 /// carries traffic and serves the API, and still removes its API socket when it is stopped.
 #[test]
 fn sandbox_and_seccomp_confine_tapir_and_it_still_works() {
@@ -358,7 +358,7 @@ wait_until 10 "the API socket" test -S "$sock"
 status=$(cat "/proc/$s4nn_pid/status")
 check_match "tapir's seccomp mode" "$status" $'Seccomp:\t2'
 check_match "tapir's no_new_privs" "$status" $'NoNewPrivs:\t1'
-check_eq "what tapir's root directory holds" "$(ls -A "/proc/$s4nn_pid/root/" 2>&1)" ""
+check_eq "what tapir's root directory holds" "$(ls -A "/proc/$s4nn_pid/root/" 2>&1)" "etc"
 out=$(as_user nsenter --preserve-credentials --user --net --target "$ns_pid" -- \
     curl -sS --max-time 10 http://10.0.2.2:8080/)
 check_eq "HTTP through the confined tapir" "$out" "served to a confined tapir"

@@ -221,6 +221,7 @@ fn config() -> NetworkConfig {
         vnet_hdr: false,
         // Loopback only: never the machine's resolv.conf.
         nameservers: vec![Ipv4Addr::LOCALHOST.into()],
+        resolv_conf: None,
         host_addrs: vec![],
         outbound: (None, None),
         pcap: None,

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::event_loop::{self, Ending, GuestSockets, Lifetime, NetworkConfig};
 use crate::namespace::{self, GuestCommand, TapConfig};
 use crate::service::dns::parse_resolv_conf;
+use crate::sys::resolv::RESOLV_CONF;
 use crate::sys::sandbox::{self, SandboxError};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -31,7 +32,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     }
     check_to_host(&args)?;
     // Read before the guest exists: this is the host's view, not the guest's.
-    let nameservers = std::fs::read_to_string("/etc/resolv.conf")
+    let nameservers = std::fs::read_to_string(RESOLV_CONF)
         .map(|text| parse_resolv_conf(&text))
         .unwrap_or_default();
     if nameservers.is_empty() {
@@ -55,6 +56,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
         forwards: args.publish,
         vnet_hdr: true,
         nameservers,
+        resolv_conf: Some(RESOLV_CONF.into()),
         host_addrs,
         outbound: (None, None),
         pcap: args.pcap,
@@ -99,7 +101,8 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
             return Ok(());
         }
         let hint = |e: SandboxError| format!("{e} (--no-sandbox runs tapir without it)");
-        sandbox::isolate_filesystem().map_err(hint)?;
+        let keep = crate::sys::resolv::dirs_to_keep(std::path::Path::new(RESOLV_CONF));
+        sandbox::isolate_filesystem(&keep).map_err(hint)?;
         sandbox::confine().map_err(hint)
     };
     match event_loop::serve(

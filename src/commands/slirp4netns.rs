@@ -9,8 +9,8 @@
 //!
 //! Compatibility notes (where tapir differs, and why):
 //! - `--enable-sandbox` moves tapir into an empty filesystem (`sys::sandbox`): slirp4netns
-//!   keeps /etc and /run readable in its sandbox to re-read resolv.conf, tapir reads it once at
-//!   start and keeps nothing. Unlike slirp4netns (#317) it also works with
+//!   keeps /etc and /run readable in its sandbox to re-read resolv.conf, tapir keeps only the
+//!   directories resolv.conf is in (`sys::resolv`). Unlike slirp4netns (#317) it also works with
 //!   `--netns-type=path` and without root, through a user namespace of its own.
 //! - `--enable-seccomp` sets no_new_privs and installs an allow-list (`sys::sandbox`) before
 //!   the ready byte is written; a call outside it fails with EPERM instead of killing tapir.
@@ -30,6 +30,7 @@ use crate::config::{AddressPlan, Limits};
 use crate::event_loop::{self, Ending, GuestSockets, Lifetime, NetworkConfig};
 use crate::namespace::{self, AttachTarget, TapConfig};
 use crate::service::dns::parse_resolv_conf;
+use crate::sys::resolv::RESOLV_CONF;
 
 /// Runs slirp4netns mode with `args` (without argv[0]); returns the exit code.
 pub fn main(args: &[OsString]) -> i32 {
@@ -86,7 +87,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
     let nameservers = if opts.disable_dns {
         Vec::new()
     } else {
-        std::fs::read_to_string("/etc/resolv.conf")
+        std::fs::read_to_string(RESOLV_CONF)
             .map(|text| parse_resolv_conf(&text))
             .unwrap_or_default()
     };
@@ -143,6 +144,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
         forwards: Vec::new(),
         vnet_hdr: tap_config.vnet_hdr,
         nameservers,
+        resolv_conf: (!opts.disable_dns).then(|| RESOLV_CONF.into()),
         host_addrs,
         outbound: (outbound4, outbound6),
         pcap: opts.pcap.clone(),
@@ -164,7 +166,12 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
     let (sandbox, seccomp) = (opts.enable_sandbox, opts.enable_seccomp);
     let ready = || {
         if sandbox {
-            crate::sys::sandbox::isolate_filesystem().map_err(|e| e.to_string())?;
+            let keep = if opts.disable_dns {
+                Vec::new()
+            } else {
+                crate::sys::resolv::dirs_to_keep(std::path::Path::new(RESOLV_CONF))
+            };
+            crate::sys::sandbox::isolate_filesystem(&keep).map_err(|e| e.to_string())?;
         }
         if seccomp {
             crate::sys::sandbox::confine().map_err(|e| e.to_string())?;

@@ -54,6 +54,11 @@ impl AddressMap {
         self
     }
 
+    /// The host's resolvers changed: TCP to the DNS address goes to the first.
+    pub fn set_nameservers(&mut self, nameservers: &[IpAddr]) {
+        self.dns_tcp = nameservers.first().map(|ip| SocketAddr::new(*ip, 53));
+    }
+
     pub fn plan(&self) -> &AddressPlan {
         &self.plan
     }

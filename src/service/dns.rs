@@ -30,7 +30,8 @@
 //! relay refuses is counted in [`DnsStats`]; none is an error, and no input can make it panic.
 //!
 //! Not done here: caching, parsing beyond the header and question, rewriting EDNS options,
-//! DNS over TCP, re-reading `/etc/resolv.conf` (the shell calls [`DnsRelay::set_upstreams`]).
+//! DNS over TCP, re-reading `/etc/resolv.conf` (the shell does, `sys::resolv`, and calls
+//! [`DnsRelay::set_upstreams`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

@@ -14,6 +14,7 @@
 
 pub mod alloc;
 pub mod fdpass;
+pub mod resolv;
 pub mod sandbox;
 pub mod splice;
 pub mod tap;

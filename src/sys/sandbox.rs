@@ -6,8 +6,10 @@
 //! The filesystem step, in passt's order: enter a new user namespace (unless tapir already has
 //! CAP_SYS_ADMIN, as under podman or as root) so that a mount namespace may be made without
 //! privilege; make every mount private; mount an empty tmpfs, `pivot_root` into it and detach
-//! the old root. Afterwards no path reaches the host's files: the TAP, the sockets, the
-//! capture file and the API socket's directory (for removing it at exit) are already open.
+//! the old root. Afterwards no path reaches the host's files but the directories of the host's
+//! resolv.conf, bound read-only at their own paths before the pivot (`sys::resolv` follows a
+//! change to the file, as libslirp does): the TAP, the sockets, the capture file and the API
+//! socket's directory (for removing it at exit) are already open.
 //! Capabilities held in that new user namespace reach nothing outside it: the network
 //! namespace tapir's sockets live in still belongs to the caller's user namespace. tapir's
 //! host uid is unchanged, so it may still signal and reap the command it started.
@@ -19,7 +21,7 @@
 //! guest still gets nothing it could not get before. Filters whose verdict does not depend on
 //! the arguments are cached by the kernel (5.11+), so an allowed call costs no BPF run.
 //!
-//! The list, by purpose: 40 calls, each one the loop makes (`strace -f` of `tapir run`
+//! The list, by purpose: 45 calls, each one the loop makes (`strace -f` of `tapir run`
 //! carrying TCP, UDP, DNS, ping and a `-p` forward, and of slirp4netns mode serving the API)
 //! or glibc and std need to allocate, fail and exit:
 //! - the loop: epoll_wait and epoll_ctl (mio; epoll_pwait where glibc has no epoll_wait),
@@ -37,13 +39,16 @@
 //! - the process: kill (a termination signal passed on to `tapir run`'s command), wait4 (its
 //!   exit), unlinkat (the API socket, through its directory's fd, at exit), exit_group;
 //!   futex (std's locks under contention), rt_sigreturn, rt_sigprocmask, sigaltstack, tgkill,
-//!   getpid, gettid (signal delivery, and abort reporting SIGABRT rather than a stray fault).
+//!   getpid, gettid (signal delivery, and abort reporting SIGABRT rather than a stray fault);
+//! - resolv.conf (`sys::resolv`): openat, only with O_RDONLY (the one call whose arguments the
+//!   filter looks at), statx, newfstatat and fstat (its identity, and std's size hint), lseek.
 //!
-//! Not on it, among the rest: execve, fork/clone, ptrace, mount, open/openat, unlink,
+//! Not on it, among the rest: execve, fork/clone, ptrace, mount, open, openat for writing, unlink,
 //! setns/unshare, ioctl (the TAP's own included), bpf, io_uring, sendmsg (tapir only
 //! receives fds once the loop runs).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 
@@ -107,10 +112,19 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_tgkill,
     libc::SYS_getpid,
     libc::SYS_gettid,
+    // Following resolv.conf (`sys::resolv`): its metadata, and reading it (openat, allowed
+    // read-only, is added with its condition in `confine`).
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
 ];
 
-/// Moves this process into an empty filesystem of its own (see the module comment).
-pub fn isolate_filesystem() -> Result<(), SandboxError> {
+/// Moves this process into an empty filesystem of its own (see the module comment), where only
+/// the directories in `keep` are seen, read-only, at their own paths (the ones the host's
+/// resolv.conf lives in, so that a change to it is noticed; `sys::resolv`). A directory that
+/// cannot be kept is logged and left out: tapir then keeps the nameservers it started with.
+pub fn isolate_filesystem(keep: &[PathBuf]) -> Result<(), SandboxError> {
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
     use nix::sched::{CloneFlags, unshare};
     let step = |what: &'static str| {
@@ -153,10 +167,54 @@ pub fn isolate_filesystem() -> Result<(), SandboxError> {
         Some("size=4k,mode=0500"),
     )
     .map_err(step("mount an empty tmpfs"))?;
+    for dir in keep {
+        if let Err(e) = keep_readable(dir) {
+            log::warn!(
+                "the sandbox cannot keep {} readable ({e}): a change to the host's resolv.conf \
+                 will go unseen",
+                dir.display()
+            );
+        }
+    }
     nix::unistd::chdir("/tmp").map_err(step("enter the empty tmpfs"))?;
     nix::unistd::pivot_root(".", ".").map_err(step("pivot_root into the empty tmpfs"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the old root"))?;
     nix::unistd::chdir("/").map_err(step("enter the new root"))?;
+    Ok(())
+}
+
+/// Binds `dir` into the new root (the tmpfs on /tmp, before the pivot) at its own path,
+/// read-only where the kernel lets a user namespace say so.
+fn keep_readable(dir: &Path) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    let relative = dir.strip_prefix("/").map_err(|_| "not an absolute path")?;
+    if relative.starts_with("tmp") {
+        return Err("the new root's tmpfs hides it".into());
+    }
+    let inside = Path::new("/tmp").join(relative);
+    std::fs::create_dir_all(&inside).map_err(|e| e.to_string())?;
+    mount(
+        Some(dir),
+        &inside,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| e.desc().to_string())?;
+    // Best effort: a mount whose flags the user namespace cannot change stays as it was, and
+    // tapir's host uid could not write there anyway.
+    let _ = mount(
+        None::<&str>,
+        &inside,
+        None::<&str>,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
     Ok(())
 }
 
@@ -171,8 +229,18 @@ pub fn confine() -> Result<(), SandboxError> {
     let target = arch
         .try_into()
         .map_err(|e: seccompiler::BackendError| build(e.to_string()))?;
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
+    // Opening a file, to read only: resolv.conf, in the directories the sandbox kept.
+    let read_only = seccompiler::SeccompCondition::new(
+        2,
+        seccompiler::SeccompCmpArgLen::Dword,
+        seccompiler::SeccompCmpOp::MaskedEq(libc::O_ACCMODE as u64),
+        libc::O_RDONLY as u64,
+    )
+    .and_then(|c| seccompiler::SeccompRule::new(vec![c]))
+    .map_err(|e| build(e.to_string()))?;
+    rules.insert(libc::SYS_openat, vec![read_only]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Errno(libc::EPERM as u32),
