@@ -221,6 +221,37 @@ check_eq "a second prune has nothing to do" "$("$TAPIR" network prune)" ""
     );
 }
 
+/// A refused run still reclaims what a killed run left (its lease, veth and rules), as a run
+/// that succeeds does: nothing of the dead run waits for the next success or a prune.
+#[test]
+fn a_refused_run_still_reclaims_a_killed_runs_leftovers() {
+    run(
+        world("a_refused_run_still_reclaims_a_killed_runs_leftovers"),
+        r#"
+container ct1 '' -p 5005:5000
+ct1=$!
+wait_ready "$W/tmp/ct1.ready" "$ct1"
+start killed "$TAPIR" run --network bridge -p 5007:5000 -- bash -c 'touch "$W/tmp/k.ready"; exec sleep 1000'
+k=$!
+wait_ready "$W/tmp/k.ready" "$k"
+kill -9 "$k"
+wait_gone 5 "$k" "the killed tapir"
+check_eq "leases, the killed run's included" "$(leases)" 2
+check_match "the killed run's rule" "$(nft list table inet tapir)" "dport 5007"
+rc=0
+"$TAPIR" run --network bridge -p 5005:80 -- true 2>/dev/null || rc=$?
+check_eq "port taken: refused" "$rc" 125
+check_eq "leases after the refusal" "$(leases)" 1
+if nft list table inet tapir | grep -q "dport 5007"; then
+    fail "the killed run's rule outlived the refusal: $(nft list table inet tapir)"
+fi
+check_eq "ct1 still served" "$(in_remote actor tcp-ask 198.51.100.1 5005)" "peer 198.51.100.10"
+finish ct1 "$ct1"
+no_leftovers
+"#,
+    );
+}
+
 /// Refused runs change nothing: a host port another container publishes, a --bridge that names
 /// an interface which is not a bridge. A bridge that existed before tapir is used and kept.
 #[test]

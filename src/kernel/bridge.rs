@@ -129,6 +129,42 @@ fn check_against(
     Ok(())
 }
 
+/// The address and host veth name a new lease would get, or why it cannot be had: the owner
+/// is attached already, a clash with the other leases (`check_against`), no address left, a
+/// veth name taken.
+fn plan_lease(
+    state: &State,
+    cfg: &BridgeConfig,
+    owner: &str,
+    ifname: &str,
+    publish: &[PortForward],
+) -> Result<(Ipv4Addr, String), KernelError> {
+    if let Some(l) = state.find(owner, ifname) {
+        return Err(KernelError::AlreadyAttached {
+            owner: owner.to_string(),
+            ifname: ifname.to_string(),
+            address: l.address,
+        });
+    }
+    check_against(state, cfg, publish)?;
+    let taken: Vec<Ipv4Addr> = state
+        .leases
+        .iter()
+        .filter(|l| l.bridge == cfg.bridge)
+        .map(|l| l.address)
+        .collect();
+    let address = ipam::allocate(cfg.subnet, cfg.gateway(), &taken)?;
+    let host_veth = host_veth_name(owner, ifname);
+    if state.leases.iter().any(|l| l.host_veth == host_veth) {
+        return Err(KernelError::Invalid {
+            what: "the owner id",
+            value: owner.to_string(),
+            why: "its veth name collides with another lease's; use another id",
+        });
+    }
+    Ok((address, host_veth))
+}
+
 pub(super) fn attach(
     cfg: &BridgeConfig,
     netns_path: &Path,
@@ -146,30 +182,22 @@ pub(super) fn attach(
     for e in &stale_errors {
         log::warn!("reclaiming a stale lease: {e}");
     }
-    if let Some(l) = state.find(owner, ifname) {
-        return Err(KernelError::AlreadyAttached {
-            owner: owner.to_string(),
-            ifname: ifname.to_string(),
-            address: l.address,
-        });
-    }
-    check_against(&state, cfg, publish)?;
+    let (address, host_veth) = match plan_lease(&state, cfg, owner, ifname, publish) {
+        Ok(planned) => planned,
+        Err(e) => {
+            // Refused, but what dead runs left (their leases, rules, a bridge) goes now
+            // rather than waiting for the next success or a prune.
+            if !stale.is_empty() {
+                let mut errors = Vec::new();
+                teardown::reconcile(&mut nl, &lock, &mut state, &mut errors);
+                for e in errors {
+                    log::warn!("cleaning up after a stale lease: {e}");
+                }
+            }
+            return Err(e);
+        }
+    };
     let gateway = cfg.gateway();
-    let taken: Vec<Ipv4Addr> = state
-        .leases
-        .iter()
-        .filter(|l| l.bridge == cfg.bridge)
-        .map(|l| l.address)
-        .collect();
-    let address = ipam::allocate(cfg.subnet, gateway, &taken)?;
-    let host_veth = host_veth_name(owner, ifname);
-    if state.leases.iter().any(|l| l.host_veth == host_veth) {
-        return Err(KernelError::Invalid {
-            what: "the owner id",
-            value: owner.to_string(),
-            why: "its veth name collides with another lease's; use another id",
-        });
-    }
     if state.leases.is_empty() && state.ip_forward_before.is_none() {
         state.ip_forward_before = Some(sysctl::read(sysctl::IP_FORWARD)?);
     }
