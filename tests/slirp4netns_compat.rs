@@ -137,6 +137,30 @@ fn raw_workflow_tapir() {
         .run_ok(RAW_WORKFLOW);
 }
 
+/// An exit fd that is not open: slirp4netns still sets the namespace up and writes "1" on its
+/// ready fd, then its first poll sees POLLNVAL and it exits 0 ("exitfd event"), as after a
+/// hang-up. A caller waiting on the ready fd sees success, not EOF.
+const CLOSED_EXIT_FD: &str = r#"
+as_user unshare -Urn --fork sleep infinity &
+ns_pid=$!
+wait_until 5 "the sleeper in its own namespaces" pgrep -P "$ns_pid" -x sleep
+rc=0
+out=$(timeout 10 as_user "$S4NN" --configure -r 3 -e 9 "$ns_pid" tap0 3>"$W/tmp/ready" 9<&- 2>&1) || rc=$?
+check_eq "the exit status with a closed exit fd" "$rc" 0
+check_eq "what it wrote on its ready fd" "$(cat "$W/tmp/ready")" 1
+check_match "what it printed" "$out" "exitfd event"
+"#;
+
+#[test]
+fn closed_exit_fd_debian() {
+    World::slirp4netns_compat("s4nn_closed_exit_debian", Impl::Debian).run_ok(CLOSED_EXIT_FD);
+}
+
+#[test]
+fn closed_exit_fd_tapir() {
+    World::slirp4netns_compat("s4nn_closed_exit_tapir", Impl::Tapir).run_ok(CLOSED_EXIT_FD);
+}
+
 /// rootlesskit with `--net=slirp4netns --port-driver=slirp4netns`: its child serves HTTP on :80,
 /// forwarded from the host's 127.0.0.1:18080 through the API; it reaches the remote host and the
 /// DNS at 10.0.2.3, but not the host's loopback. The options are dockerd-rootless.sh's: host

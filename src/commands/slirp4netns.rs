@@ -155,8 +155,10 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
     crate::sys::set_malloc_mmap_threshold(128 * 1024);
     crate::sys::raise_fd_limit();
     let lifetime = match exit_fd {
-        // An exit fd that was given but is not open: slirp4netns sees POLLNVAL and exits.
+        // An exit fd that was given but is not open: slirp4netns is set up and says so on
+        // its ready fd, then its first poll sees POLLNVAL and it exits.
         Some(None) => {
+            signal_ready(ready_fd);
             eprintln!("exitfd event");
             return Ok(0);
         }
