@@ -39,6 +39,18 @@ container() {
         until [ -e "$W/tmp/'"$name"'.done" ]; do sleep 0.05; done
         kill $(jobs -p)'
 }
+# killed_run NAME TAPIR_RUN_ARGS...: a bridge run killed with SIGKILL once its command runs, so
+# that nothing is torn down (its lease, veth and rules stay); its pid is left in $killed.
+killed_run() {
+    local name=$1
+    shift
+    start "$name" "$TAPIR" run --network bridge "$@" -- \
+        bash -c 'touch "$W/tmp/'"$name"'.ready"; exec sleep 1000'
+    killed=$!
+    wait_ready "$W/tmp/$name.ready" "$killed"
+    kill -9 "$killed"
+    wait_gone 5 "$killed" "the killed tapir"
+}
 # finish NAME PID: lets the container end; its tapir must exit 0.
 finish() {
     touch "$W/tmp/$1.done"
@@ -195,11 +207,7 @@ fn killed_runs_are_reclaimed_and_pruned() {
     run(
         world("killed_runs_are_reclaimed_and_pruned"),
         r#"
-start killed1 "$TAPIR" run --network bridge -p 5005:5000 -- bash -c 'touch "$W/tmp/k1.ready"; exec sleep 1000'
-k1=$!
-wait_ready "$W/tmp/k1.ready" "$k1"
-kill -9 "$k1"
-wait_gone 5 "$k1" "the killed tapir"
+killed_run killed1 -p 5005:5000
 check_eq "the killed run's lease is left" "$(leases)" 1
 check_match "its rules are left" "$(nft list table inet tapir)" "dnat ip to 172\.30\.0\.2:5000"
 
@@ -207,53 +215,20 @@ out=$("$TAPIR" run --network bridge -p 5005:5000 -- ip -4 -br addr show dev eth0
 check_eq "the next run reclaims the stale address" "$out" 172.30.0.2/16
 no_leftovers
 
-start killed2 "$TAPIR" run --network bridge -p 5006:5000 -- bash -c 'touch "$W/tmp/k2.ready"; exec sleep 1000'
-k2=$!
-wait_ready "$W/tmp/k2.ready" "$k2"
-kill -9 "$k2"
-wait_gone 5 "$k2" "the killed tapir"
+killed_run killed2 -p 5006:5000
 check_match "the bridge is left" "$(ip -br link)" "tapir0"
 out=$("$TAPIR" network prune)
-check_eq "prune names what it removed" "$out" "removed the stale lease of run-$k2"
+check_eq "prune names what it removed" "$out" "removed the stale lease of run-$killed"
 no_leftovers
 check_eq "a second prune has nothing to do" "$("$TAPIR" network prune)" ""
 "#,
     );
 }
 
-/// A refused run still reclaims what a killed run left (its lease, veth and rules), as a run
-/// that succeeds does: nothing of the dead run waits for the next success or a prune.
-#[test]
-fn a_refused_run_still_reclaims_a_killed_runs_leftovers() {
-    run(
-        world("a_refused_run_still_reclaims_a_killed_runs_leftovers"),
-        r#"
-container ct1 '' -p 5005:5000
-ct1=$!
-wait_ready "$W/tmp/ct1.ready" "$ct1"
-start killed "$TAPIR" run --network bridge -p 5007:5000 -- bash -c 'touch "$W/tmp/k.ready"; exec sleep 1000'
-k=$!
-wait_ready "$W/tmp/k.ready" "$k"
-kill -9 "$k"
-wait_gone 5 "$k" "the killed tapir"
-check_eq "leases, the killed run's included" "$(leases)" 2
-check_match "the killed run's rule" "$(nft list table inet tapir)" "dport 5007"
-rc=0
-"$TAPIR" run --network bridge -p 5005:80 -- true 2>/dev/null || rc=$?
-check_eq "port taken: refused" "$rc" 125
-check_eq "leases after the refusal" "$(leases)" 1
-if nft list table inet tapir | grep -q "dport 5007"; then
-    fail "the killed run's rule outlived the refusal: $(nft list table inet tapir)"
-fi
-check_eq "ct1 still served" "$(in_remote actor tcp-ask 198.51.100.1 5005)" "peer 198.51.100.10"
-finish ct1 "$ct1"
-no_leftovers
-"#,
-    );
-}
-
 /// Refused runs change nothing: a host port another container publishes, a --bridge that names
-/// an interface which is not a bridge. A bridge that existed before tapir is used and kept.
+/// an interface which is not a bridge. A bridge that existed before tapir is used and kept. A
+/// refused run still reclaims what a killed run left (its lease, veth and rules), as a run that
+/// succeeds does: nothing of the dead run waits for the next success or a prune.
 #[test]
 fn refusals_leave_nothing_and_foreign_bridges_stay() {
     run(
@@ -262,11 +237,17 @@ fn refusals_leave_nothing_and_foreign_bridges_stay() {
 container ct1 '' -p 5005:5000
 ct1=$!
 wait_ready "$W/tmp/ct1.ready" "$ct1"
+killed_run killed -p 5007:5000
+check_eq "leases, the killed run's included" "$(leases)" 2
+check_match "the killed run's rule" "$(nft list table inet tapir)" "dport 5007"
 rc=0
 err=$("$TAPIR" run --network bridge -p 5005:80 -- touch "$W/tmp/ran" 2>&1) || rc=$?
 check_eq "port taken: refused" "$rc:$err" "125:tapir: host port 5005/tcp is already published by \"run-$ct1\""
 [ ! -e "$W/tmp/ran" ] || fail "port taken: the command ran"
-check_eq "port taken: ct1's lease only" "$(leases)" 1
+check_eq "port taken: ct1's lease only (the killed run's reclaimed)" "$(leases)" 1
+if nft list table inet tapir | grep -q "dport 5007"; then
+    fail "the killed run's rule outlived the refusal: $(nft list table inet tapir)"
+fi
 check_eq "port taken: ct1 still served" "$(in_remote actor tcp-ask 198.51.100.1 5005)" "peer 198.51.100.10"
 finish ct1 "$ct1"
 no_leftovers
