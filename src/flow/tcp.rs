@@ -138,16 +138,16 @@ impl BufferBudget {
     }
 }
 
-/// Guest-side options: no Nagle, and a timeout so a guest that stops answering cannot pin a
-/// flow. smoltcp counts that timeout from the guest's last segment even when nothing is
-/// outstanding, so an idle connection (an SSH session, a pooled database connection) would be
-/// reset after two minutes of quiet; a keep-alive probe every minute, which any live guest
-/// kernel answers, keeps such a connection open as the kernel and slirp4netns do, and still
-/// ends the flows of a guest that is gone. ACKs wait up to 1 ms for data to ride on: a request's ACK then leaves with its
-/// response instead of costing a TAP write (and a pass through the guest's TCP) of its own,
-/// which is what made tapir's TCP round trip slower than its UDP one. smoltcp still ACKs at
-/// once every second full segment and for a window update, so bulk transfers do not wait, and
-/// a guest sending with Nagle waits at most 1 ms for an ACK (40 ms between two Linux hosts).
+/// Guest-side options: no Nagle, and a timeout so a guest that stops answering cannot pin a flow.
+/// smoltcp counts that timeout from the guest's last segment even when nothing is outstanding, so
+/// an idle connection (an SSH session, a pooled database connection) would be reset after two
+/// minutes of quiet; a keep-alive probe every 45 s, which any live guest kernel answers, keeps such
+/// a connection open as the kernel and slirp4netns do, and still ends the flows of a guest that is
+/// gone. ACKs wait up to 1 ms for data to ride on: a request's ACK then leaves with its response
+/// instead of costing a TAP write (and a pass through the guest's TCP) of its own, which is what
+/// made tapir's TCP round trip slower than its UDP one. smoltcp still ACKs at once every second
+/// full segment and for a window update, so bulk transfers do not wait, and a guest sending with
+/// Nagle waits at most 1 ms for an ACK (40 ms between two Linux hosts).
 pub fn new_socket(buffer: usize) -> tcp::Socket<'static> {
     let mut socket = tcp::Socket::new(
         tcp::SocketBuffer::new(ring(buffer)),
@@ -466,13 +466,11 @@ mod test {
             let mut dev = Device::new(Some(frame), &mut self.tx, &self.caps);
             self.iface
                 .poll_ingress_single(self.now, &mut dev, &mut self.set);
-            let mut dev = Device::new(None, &mut self.tx, &self.caps);
-            while self.iface.poll_egress(self.now, &mut dev, &mut self.set)
-                != smoltcp::iface::PollResult::None
-            {}
+            self.emit_due();
         }
 
-        fn feed_nothing(&mut self) {
+        /// Everything smoltcp has to send at `self.now`, into `self.tx`.
+        fn emit_due(&mut self) {
             let mut dev = Device::new(None, &mut self.tx, &self.caps);
             while self.iface.poll_egress(self.now, &mut dev, &mut self.set)
                 != smoltcp::iface::PollResult::None
@@ -784,7 +782,7 @@ mod test {
         for _ in 0..40 {
             rig.arp_for_guest();
             rig.now += smoltcp::time::Duration::from_secs(15);
-            rig.feed_nothing();
+            rig.emit_due();
             for probe in rig.take_segments() {
                 assert!(!probe.rst, "reset after {probes} probes");
                 assert_eq!(
@@ -805,7 +803,7 @@ mod test {
         for _ in 0..10 {
             rig.arp_for_guest();
             rig.now += smoltcp::time::Duration::from_secs(15);
-            rig.feed_nothing();
+            rig.emit_due();
             rig.take_segments();
         }
         assert_eq!(rig.socket().state(), State::Closed);
