@@ -14,8 +14,7 @@ use crate::config::{AddressPlan, ConfigError, Limits, check_mtu};
 use crate::error::Error;
 use crate::event_loop::{self, Ending, GuestSockets, Lifetime, NetworkConfig};
 use crate::namespace::{self, GuestCommand, TapConfig};
-use crate::service::dns::parse_resolv_conf;
-use crate::sys::resolv::RESOLV_CONF;
+use crate::sys::resolv::{self, RESOLV_CONF};
 use crate::sys::sandbox::{self, SandboxError};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -32,9 +31,8 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
     }
     check_to_host(&args)?;
     // Read before the guest exists: this is the host's view, not the guest's.
-    let nameservers = std::fs::read_to_string(RESOLV_CONF)
-        .map(|text| parse_resolv_conf(&text))
-        .unwrap_or_default();
+    let nameservers =
+        resolv::read_nameservers(std::path::Path::new(RESOLV_CONF)).unwrap_or_default();
     if nameservers.is_empty() {
         log::warn!(
             "no nameserver in /etc/resolv.conf: DNS through {} will not answer",
@@ -101,8 +99,8 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
             return Ok(());
         }
         let hint = |e: SandboxError| format!("{e} (--no-sandbox runs tapir without it)");
-        let keep = crate::sys::resolv::dirs_to_keep(std::path::Path::new(RESOLV_CONF));
-        sandbox::isolate_filesystem(&keep).map_err(hint)?;
+        let keep = config.resolv_conf.as_deref().map(resolv::dirs_to_keep);
+        sandbox::isolate_filesystem(&keep.unwrap_or_default()).map_err(hint)?;
         sandbox::confine().map_err(hint)
     };
     match event_loop::serve(

@@ -22,15 +22,14 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::api::server::ApiServer;
 use crate::commands::slirp4netns_args::{self, Parsed, Slirp4netnsOptions, Target};
 use crate::config::{AddressPlan, Limits};
 use crate::event_loop::{self, Ending, GuestSockets, Lifetime, NetworkConfig};
 use crate::namespace::{self, AttachTarget, TapConfig};
-use crate::service::dns::parse_resolv_conf;
-use crate::sys::resolv::RESOLV_CONF;
+use crate::sys::resolv::{self, RESOLV_CONF};
 
 /// Runs slirp4netns mode with `args` (without argv[0]); returns the exit code.
 pub fn main(args: &[OsString]) -> i32 {
@@ -87,9 +86,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
     let nameservers = if opts.disable_dns {
         Vec::new()
     } else {
-        std::fs::read_to_string(RESOLV_CONF)
-            .map(|text| parse_resolv_conf(&text))
-            .unwrap_or_default()
+        resolv::read_nameservers(Path::new(RESOLV_CONF)).unwrap_or_default()
     };
     let outbound4 = match &opts.outbound_addr {
         Some(spec) => match super::outbound_address(spec, false)? {
@@ -168,12 +165,9 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
     let (sandbox, seccomp) = (opts.enable_sandbox, opts.enable_seccomp);
     let ready = || {
         if sandbox {
-            let keep = if opts.disable_dns {
-                Vec::new()
-            } else {
-                crate::sys::resolv::dirs_to_keep(std::path::Path::new(RESOLV_CONF))
-            };
-            crate::sys::sandbox::isolate_filesystem(&keep).map_err(|e| e.to_string())?;
+            let keep = config.resolv_conf.as_deref().map(resolv::dirs_to_keep);
+            crate::sys::sandbox::isolate_filesystem(&keep.unwrap_or_default())
+                .map_err(|e| e.to_string())?;
         }
         if seccomp {
             crate::sys::sandbox::confine().map_err(|e| e.to_string())?;

@@ -64,10 +64,16 @@ impl ResolvWatch {
         if self.seen == Some(stamp) {
             return None;
         }
-        let text = std::fs::read_to_string(&self.path).ok()?;
+        let nameservers = read_nameservers(&self.path)?;
         self.seen = Some(stamp);
-        Some(parse_resolv_conf(&text))
+        Some(nameservers)
     }
+}
+
+/// The nameservers `path` names; `None` when it cannot be read.
+pub fn read_nameservers(path: &Path) -> Option<Vec<IpAddr>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(parse_resolv_conf(&text))
 }
 
 /// The directories `path` and the targets of its symlinks live in (at most 8 links deep),
