@@ -151,7 +151,7 @@ pub struct RunArgs {
     /// Spin on a non-blocking poll for up to this many microseconds before sleeping, while
     /// the traffic is small messages that come back quickly (adaptive, as QEMU's iothread
     /// polling: an idle or streaming tapir does not spin). Lower latency for CPU; 0: never.
-    /// Default 32.
+    /// Default 128.
     #[arg(long, value_name = "MICROSECONDS", value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub busy_poll: Option<u64>,
     /// MTU of the guest's interface: tap0 (default 65520), or with --network bridge the veth
