@@ -6,7 +6,7 @@
 //! further namespaces (`ip netns add`, over a tmpfs on /run/netns private to the scenario's
 //! mount namespace), and the remote host is the harness's (198.51.100.10). The plugin runs as
 //! root, as runtimes run it: this is the privileged path. Leases go to a state directory inside
-//! the world directory (`ipam.dataDir`), never to the machine's /run.
+//! the world directory (`ipam.dataDir`), and /run/tapir is a tmpfs of the scenario's own.
 
 mod common;
 
@@ -19,6 +19,9 @@ const SETUP: &str = r#"
 ln -s tapir "$W/bin/tapir-cni"
 mkdir -p /run/netns
 mount -t tmpfs -o mode=0755 tapir-test-netns /run/netns
+# tapir names the state directory that manages a network namespace in /run/tapir: a private one.
+mkdir -p /run/tapir
+mount -t tmpfs -o mode=0755 tapir-test-run /run/tapir
 STATE="$W/state"
 cat >"$W/net.json" <<EOF
 {"cniVersion":"1.0.0","name":"tapirtest","type":"tapir-cni","bridge":"cni-br0",

@@ -18,6 +18,9 @@ use common::World;
 /// 5000, writes its address, runs CHECKS (a shell snippet) and waits for `$W/tmp/NAME.done`.
 const KERNEL_VERBS: &str = r#"
 export TAPIR_STATE_DIR="$W/state"
+# tapir names the state directory that manages a network namespace in /run/tapir: a private one.
+mkdir -p /run/tapir
+mount -t tmpfs -o mode=0755 tapir-test-run /run/tapir
 snapshot() {
     ip -j link
     nft -j list ruleset
@@ -225,8 +228,9 @@ check_eq "a second prune has nothing to do" "$("$TAPIR" network prune)" ""
     );
 }
 
-/// Refused runs change nothing: a host port another container publishes, a --bridge that names
-/// an interface which is not a bridge. A bridge that existed before tapir is used and kept. A
+/// Refused runs change nothing: a host port another container publishes, a second state
+/// directory while the first holds leases (it would rebuild the first's table), a --bridge that
+/// names an interface which is not a bridge. A bridge that existed before tapir is used and kept. A
 /// refused run still reclaims what a killed run left (its lease, veth and rules), as a run that
 /// succeeds does: nothing of the dead run waits for the next success or a prune.
 #[test]
@@ -249,7 +253,19 @@ if nft list table inet tapir | grep -q "dport 5007"; then
     fail "the killed run's rule outlived the refusal: $(nft list table inet tapir)"
 fi
 check_eq "port taken: ct1 still served" "$(in_remote actor tcp-ask 198.51.100.1 5005)" "peer 198.51.100.10"
+rc=0
+err=$(TAPIR_STATE_DIR="$W/other" "$TAPIR" run --network bridge --bridge other0 --subnet 10.89.0.0/24 \
+    -- touch "$W/tmp/ran" 2>&1) || rc=$?
+check_eq "another state directory: refused" "$rc" 125
+check_match "another state directory: names the one in charge" "$err" \
+    "are managed from the state directory [^ ]*/state, which holds 1 lease\(s\)"
+[ ! -e "$W/tmp/ran" ] || fail "another state directory: the command ran"
+check_eq "another state directory: ct1 still served" "$(in_remote actor tcp-ask 198.51.100.1 5005)" "peer 198.51.100.10"
 finish ct1 "$ct1"
+no_leftovers
+check_eq "another state directory, once the first has no lease" \
+    "$(TAPIR_STATE_DIR="$W/other" "$TAPIR" run --network bridge -- ip -4 -br addr show dev eth0 | awk '{print $3}')" \
+    172.30.0.2/16
 no_leftovers
 
 rc=0

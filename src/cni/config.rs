@@ -7,7 +7,7 @@
 //! {"cniVersion": "1.0.0", "name": "mynet", "type": "tapir-cni", "bridge": "tapir0",
 //!  "isGateway": true, "ipMasq": true, "mtu": 1500,
 //!  "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}]],
-//!           "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "/run/tapir"},
+//!           "routes": [{"dst": "0.0.0.0/0"}]},
 //!  "dns": {"nameservers": ["10.88.0.1"]},
 //!  "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
 //! ```

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd as _;
 use std::path::Path;
 
-use super::state::{Lease, State, StateLock};
+use super::state::{Lease, Manager, State, StateLock};
 use super::{Attachment, BridgeConfig, KernelError, ipam, netns, nft, sysctl, teardown};
 use crate::forward::spec::PortForward;
 use crate::netlink::Netlink;
@@ -182,14 +182,20 @@ pub(super) fn attach(
     for e in &stale_errors {
         log::warn!("reclaiming a stale lease: {e}");
     }
-    let (address, host_veth) = match plan_lease(&state, cfg, owner, ifname, publish) {
+    // Held to the end, so that no other state directory takes over before the lease is saved.
+    let manager = Manager::lock()?;
+    let planned = match manager.rival(&cfg.state_dir) {
+        Some((dir, leases)) => Err(KernelError::ManagedElsewhere { dir, leases }),
+        None => plan_lease(&state, cfg, owner, ifname, publish),
+    };
+    let (address, host_veth) = match planned {
         Ok(planned) => planned,
         Err(e) => {
             // Refused, but what dead runs left (their leases, rules, a bridge) goes now
             // rather than waiting for the next success or a prune.
             if !stale.is_empty() {
                 let mut errors = Vec::new();
-                teardown::reconcile(&mut nl, &lock, &mut state, &mut errors);
+                teardown::reconcile(&mut nl, &lock, &manager, &mut state, &mut errors);
                 for e in errors {
                     log::warn!("cleaning up after a stale lease: {e}");
                 }
@@ -216,6 +222,7 @@ pub(super) fn attach(
     // The lease goes to disk first: should this process die half-way, the next attach or a
     // prune finds the lease (stale: its process is dead or its veth missing) and removes what
     // was made.
+    manager.record(&cfg.state_dir)?;
     state.leases.push(lease.clone());
     lock.save(&state)?;
     let made = build(&mut nl, cfg, netns_path, &lease, &lock, &mut state).and_then(|att| {
@@ -229,13 +236,13 @@ pub(super) fn attach(
             let mut errors = vec![e];
             state.leases.retain(|l| l != &lease);
             teardown::remove_lease_objects(&mut nl, &lease, &mut errors);
-            teardown::reconcile(&mut nl, &lock, &mut state, &mut errors);
+            teardown::reconcile(&mut nl, &lock, &manager, &mut state, &mut errors);
             return Err(teardown::collapse(errors));
         }
     };
     if !stale.is_empty() {
         let mut errors = Vec::new();
-        teardown::reconcile(&mut nl, &lock, &mut state, &mut errors);
+        teardown::reconcile(&mut nl, &lock, &manager, &mut state, &mut errors);
         for e in errors {
             log::warn!("cleaning up after a stale lease: {e}");
         }

@@ -29,9 +29,12 @@
 //!   kernel changes.
 //! - A lease whose host veth is gone (its network namespace died) or whose recorded process is
 //!   dead is stale: the next attach or `tapir network prune` reclaims it.
-//! - One state directory owns the `inet tapir` table of the network namespace it is used in. The
-//!   default (`/run/tapir/netns-INODE`) is keyed by the network namespace, so namespaces never
-//!   share state; `--state-dir` / `TAPIR_STATE_DIR` override it.
+//! - One state directory owns the `inet tapir` table and `ip_forward` of the network namespace
+//!   it is used in. The default (`/run/tapir/netns-INODE`) is keyed by the network namespace, so
+//!   namespaces never share state; `--state-dir` / `TAPIR_STATE_DIR` / `ipam.dataDir` override
+//!   it, and `/run/tapir/netns-INODE.owner` names the directory in charge
+//!   ([`state::Manager`]): while it holds leases, an attach with another is refused, and a
+//!   detach or prune with another leaves the table and `ip_forward` alone.
 //! - Nothing outside the bridge, the veths, the `inet tapir` table and the two sysctls is
 //!   touched: no other table is flushed or edited.
 //!
@@ -151,6 +154,13 @@ pub enum KernelError {
         proto: crate::forward::spec::Proto,
         owner: String,
     },
+    #[error(
+        "the bridges and `inet tapir` table of this network namespace are managed from the \
+         state directory {}, which holds {leases} lease(s): use that directory (--state-dir, \
+         TAPIR_STATE_DIR or ipam.dataDir), or end those containers first (`tapir network prune \
+         --state-dir {}` reclaims the leases of dead ones)", .dir.display(), .dir.display()
+    )]
+    ManagedElsewhere { dir: PathBuf, leases: usize },
     #[error("the attachment of {owner:?} is not as it was made: {detail}")]
     Drifted { owner: String, detail: String },
     #[error("{}", teardown::join(.0))]
@@ -221,8 +231,5 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TAPIR_STATE_DIR") {
         return PathBuf::from(dir);
     }
-    let inode = std::fs::metadata("/proc/self/ns/net")
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap_or(0);
-    PathBuf::from(format!("/run/tapir/netns-{inode}"))
+    Path::new(state::RUN_DIR).join(format!("netns-{}", state::netns_inode()))
 }

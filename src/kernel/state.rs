@@ -87,23 +87,15 @@ impl StateLock {
             path: dir.to_path_buf(),
             cause: e.into(),
         })?;
-        let path = dir.join("lock");
-        let lock_err = |cause: crate::sys::OsError| StateError::Lock {
-            path: path.clone(),
-            cause,
-        };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| lock_err(e.into()))?;
-        let lock =
-            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| lock_err(e.into()))?;
         Ok(StateLock {
             dir: dir.to_path_buf(),
-            _lock: lock,
+            _lock: lock_file(&dir.join("lock"))?,
         })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn file(&self) -> PathBuf {
@@ -140,6 +132,91 @@ impl StateLock {
             path: path.clone(),
             cause: e.into(),
         })
+    }
+}
+
+/// Which state directory manages the shared objects of the current network namespace: the
+/// `inet tapir` table and `ip_forward`, which every lease file would otherwise rebuild or
+/// restore from its own leases alone. The file `/run/tapir/netns-INODE.owner` names it and is
+/// flock'd while read or written. It is always taken after a [`StateLock`], never before, so the
+/// two locks cannot deadlock. A directory whose lease file holds no lease (or is gone) manages
+/// nothing, and the next one to attach takes over.
+pub struct Manager {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Manager {
+    /// Waits for the lock on the current network namespace's manager file.
+    pub fn lock() -> Result<Manager, StateError> {
+        let dir = Path::new(RUN_DIR);
+        fs::create_dir_all(dir).map_err(|e| StateError::Dir {
+            path: dir.to_path_buf(),
+            cause: e.into(),
+        })?;
+        Manager::lock_at(&dir.join(format!("netns-{}.owner", netns_inode())))
+    }
+
+    fn lock_at(path: &Path) -> Result<Manager, StateError> {
+        Ok(Manager {
+            path: path.to_path_buf(),
+            _lock: lock_file(path)?,
+        })
+    }
+
+    /// Another state directory that holds leases here, with how many, if there is one.
+    pub fn rival(&self, state_dir: &Path) -> Option<(PathBuf, usize)> {
+        let named = fs::read_to_string(&self.path).ok()?;
+        let named = PathBuf::from(named.trim_end());
+        if named.as_os_str().is_empty() || same_dir(&named, state_dir) {
+            return None;
+        }
+        let text = fs::read_to_string(named.join("leases.json")).ok()?;
+        let leases = parse(&text).ok()?.leases.len();
+        (leases > 0).then_some((named, leases))
+    }
+
+    /// Names `state_dir` as the manager.
+    pub fn record(&self, state_dir: &Path) -> Result<(), StateError> {
+        let dir = fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        let mut text = dir.into_os_string().into_encoded_bytes();
+        text.push(b'\n');
+        fs::write(&self.path, text).map_err(|e| StateError::Write {
+            path: self.path.clone(),
+            cause: e.into(),
+        })
+    }
+}
+
+/// Opens (creating) `path` and waits for an exclusive flock on it.
+fn lock_file(path: &Path) -> Result<Flock<File>, StateError> {
+    let lock_err = |cause: crate::sys::OsError| StateError::Lock {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| lock_err(e.into()))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| lock_err(e.into()))
+}
+
+/// Where the manager files live (and the default state directories).
+pub const RUN_DIR: &str = "/run/tapir";
+
+/// The inode of the current network namespace, which names its state.
+pub fn netns_inode() -> u64 {
+    fs::metadata("/proc/self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap_or(0)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -356,5 +433,37 @@ mod test {
         assert_eq!(clash("127.0.0.2:8080:80"), None);
         assert_eq!(clash("8080:80/udp"), None);
         assert_eq!(clash("8081:80"), None);
+    }
+
+    #[test]
+    fn a_state_directory_with_leases_keeps_the_namespace_from_another() {
+        let root = std::env::temp_dir().join(format!("tapir-manager-{}", std::process::id()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        for dir in [&a, &b] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        let manager = Manager::lock_at(&root.join("netns.owner")).unwrap();
+        assert_eq!(manager.rival(&a), None, "nobody manages it yet");
+        manager.record(&a).unwrap();
+        assert_eq!(manager.rival(&b), None, "a holds no lease yet");
+        let with_lease = State {
+            leases: vec![lease("x", 2, &[])],
+            ..State::default()
+        };
+        fs::write(a.join("leases.json"), render(&with_lease)).unwrap();
+        assert_eq!(manager.rival(&b), Some((a.canonicalize().unwrap(), 1)));
+        assert_eq!(manager.rival(&a), None, "a is not its own rival");
+        assert_eq!(
+            manager.rival(&root.join("b/../a")),
+            None,
+            "however it is spelled"
+        );
+        // Its last lease gone, a manages nothing and b may take over.
+        fs::write(a.join("leases.json"), render(&State::default())).unwrap();
+        assert_eq!(manager.rival(&b), None);
+        manager.record(&b).unwrap();
+        fs::write(b.join("leases.json"), render(&with_lease)).unwrap();
+        assert_eq!(manager.rival(&a), Some((b.canonicalize().unwrap(), 1)));
+        fs::remove_dir_all(&root).unwrap();
     }
 }

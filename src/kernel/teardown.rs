@@ -9,7 +9,8 @@
 //!   3. reconcile: the `inet tapir` table is re-rendered from the remaining leases (deleted when
 //!      none is left); each bridge tapir created that no lease names any more is deleted (its
 //!      route_localnet goes with it; a bridge that was there before tapir is never deleted);
-//!      with no lease left, ip_forward gets its recorded value back.
+//!      with no lease left, ip_forward gets its recorded value back. (The table and
+//!      ip_forward are left alone while another state directory is in charge of them.)
 //!
 //! A lease is stale when its recorded process is dead or its host veth is gone: the container
 //! (network namespace) it served no longer exists. Stale leases are reclaimed by the next
@@ -21,7 +22,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use super::state::{Lease, State, StateLock};
+use super::state::{Lease, Manager, State, StateLock};
 use super::{BridgeConfig, KernelError, bridge, nft, sysctl};
 use crate::netlink::Netlink;
 
@@ -121,17 +122,24 @@ fn delete_link(nl: &mut Netlink, name: &str, errors: &mut Vec<KernelError>) {
 }
 
 /// Saves `state`, renders the firewall from it, deletes the bridges tapir created that no
-/// lease names any more, and restores ip_forward when no lease is left.
+/// lease names any more, and restores ip_forward when no lease is left. The firewall and
+/// ip_forward are left alone while another state directory manages them (see [`Manager`]).
 pub(super) fn reconcile(
     nl: &mut Netlink,
     lock: &StateLock,
+    manager: &Manager,
     state: &mut State,
     errors: &mut Vec<KernelError>,
 ) {
     if let Err(e) = lock.save(state) {
         errors.push(e.into());
     }
-    if let Err(e) = nft::apply(&nft::batch(&state.leases)) {
+    if let Some((dir, _)) = manager.rival(lock.dir()) {
+        log::info!(
+            "leaving the inet tapir table and ip_forward to {}, which manages them",
+            dir.display()
+        );
+    } else if let Err(e) = nft::apply(&nft::batch(&state.leases)) {
         errors.push(e.into());
     }
     for br in state.bridges_created.clone() {
@@ -158,6 +166,7 @@ pub(super) fn reconcile(
         }
     }
     if state.leases.is_empty()
+        && manager.rival(lock.dir()).is_none()
         && let Some(old) = state.ip_forward_before.clone()
     {
         // The recorded value goes only once it is back: should the write fail, a later
@@ -181,6 +190,7 @@ pub(super) fn detach(
     owner: &str,
 ) -> Result<(), KernelError> {
     let lock = StateLock::acquire(&cfg.state_dir)?;
+    let manager = Manager::lock()?;
     let mut state = lock.load()?;
     let mut nl = Netlink::open()?;
     let mut errors = Vec::new();
@@ -201,17 +211,18 @@ pub(super) fn detach(
         delete_link(&mut nl, &bridge::host_veth_name(owner, ifname), &mut errors);
     }
     remove_stale(&mut nl, &mut state, &mut errors);
-    reconcile(&mut nl, &lock, &mut state, &mut errors);
+    reconcile(&mut nl, &lock, &manager, &mut state, &mut errors);
     done(errors)
 }
 
 pub(super) fn prune(state_dir: &Path) -> Result<Vec<String>, KernelError> {
     let lock = StateLock::acquire(state_dir)?;
+    let manager = Manager::lock()?;
     let mut state = lock.load()?;
     let mut nl = Netlink::open()?;
     let mut errors = Vec::new();
     let stale = remove_stale(&mut nl, &mut state, &mut errors);
-    reconcile(&mut nl, &lock, &mut state, &mut errors);
+    reconcile(&mut nl, &lock, &manager, &mut state, &mut errors);
     done(errors)?;
     Ok(stale.into_iter().map(|l| l.owner).collect())
 }
