@@ -294,6 +294,28 @@ impl Netlink {
             .map(drop)
     }
 
+    /// The gateways of the IPv4 default routes in the main table.
+    pub fn default_gateways_v4(&mut self) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let replies = self.dump("list the routes", RouteNetlinkMessage::GetRoute(msg))?;
+        Ok(replies
+            .iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewRoute(r)
+                    if r.header.destination_prefix_length == 0
+                        && r.header.table == RouteHeader::RT_TABLE_MAIN =>
+                {
+                    r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Sends one dump request and collects every reply until NLMSG_DONE.
     fn dump(
         &mut self,

@@ -162,6 +162,25 @@ jq -c '.prevResult.ips[0].address = "172.18.0.250/24"' "$W/check1.json" >"$W/bad
 call_cni CHECK ctr1 /run/netns/ct1 <"$W/bad-check.json"
 check_eq "CHECK against a wrong prevResult" "$rc $(jq -r .code <<<"$out")" "1 999"
 check_match "CHECK names the address" "$(jq -r .msg <<<"$out")" '172\.18\.0\.250/24'
+# CHECK also sees what changed behind tapir's back: a rule, ip_forward, the default route.
+drifted() {
+    call_cni CHECK ctr1 /run/netns/ct1 <"$W/check1.json"
+    check_eq "CHECK after $1: exit status and code" "$rc $(jq -r .code <<<"$out")" "1 999"
+    check_match "CHECK after $1: says what" "$(jq -r .msg <<<"$out")" "$2"
+}
+masq=$(nft -j list chain inet tapir postrouting |
+    jq '.nftables[] | select(.rule.comment? == "bridge cni-br0: containers going out") | .rule.handle')
+nft delete rule inet tapir postrouting handle "$masq"
+drifted "a rule was deleted" 'rule "bridge cni-br0: containers going out" is missing from chain postrouting'
+"$TAPIR" network prune --state-dir "$STATE"
+sysctl -qw net.ipv4.ip_forward=0
+drifted "ip_forward was turned off" 'net\.ipv4\.ip_forward is 0'
+sysctl -qw net.ipv4.ip_forward=1
+in_ct ct1 ip route del default
+drifted "the default route was deleted" 'no default route via 172\.18\.0\.1'
+in_ct ct1 ip route add default via 172.18.0.1
+call_cni CHECK ctr1 /run/netns/ct1 <"$W/check1.json"
+check_eq "CHECK once all is mended" "$rc:$out" "0:"
 
 # A second ADD of the same container and interface fails, and changes nothing.
 mid=$(snapshot)

@@ -393,6 +393,28 @@ pub(super) fn check(
             lease.address
         )));
     }
+    if !inside.default_gateways_v4()?.contains(&lease.gateway) {
+        return Err(drifted(format!(
+            "{} has no default route via {}",
+            netns_path.display(),
+            lease.gateway
+        )));
+    }
+    let forwarding = sysctl::read(sysctl::IP_FORWARD)?;
+    if forwarding != "1" {
+        return Err(drifted(format!(
+            "net.ipv4.ip_forward is {forwarding}, so no container traffic leaves the bridge"
+        )));
+    }
+    let live = nft::live_rules()?
+        .ok_or_else(|| drifted("the nftables table inet tapir is gone".into()))?;
+    if let Some(rule) = nft::first_missing(&nft::rules(&state.leases), &live) {
+        return Err(drifted(format!(
+            "the rule {:?} is missing from chain {} of the nftables table inet tapir",
+            rule.comment.as_deref().unwrap_or("(no comment)"),
+            rule.chain
+        )));
+    }
     Ok(Attachment {
         bridge: lease.bridge.clone(),
         bridge_mac: bridge.mac,

@@ -239,6 +239,58 @@ pub fn batch(leases: &[Lease]) -> Value {
     json!({"nftables": cmds})
 }
 
+/// A rule of the live table as [`first_missing`] compares it: its chain and its comment.
+pub type LiveRule = (String, Option<String>);
+
+/// The rules of the live table, or `None` when there is no table (`nft -j list table inet
+/// tapir` in the current network namespace).
+pub fn live_rules() -> Result<Option<Vec<LiveRule>>, NftError> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", FAMILY, TABLE])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NftError::Spawn(e.into()))?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    rules_listed(&out.stdout)
+        .map(Some)
+        .map_err(|e| NftError::Refused(format!("unreadable listing of the table: {e}")))
+}
+
+/// The (chain, comment) of every rule in `nft -j list` output.
+fn rules_listed(json_text: &[u8]) -> Result<Vec<LiveRule>, String> {
+    let doc: Value = serde_json::from_slice(json_text).map_err(|e| e.to_string())?;
+    let items = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or("no \"nftables\" array")?;
+    Ok(items
+        .iter()
+        .filter_map(|item| item.get("rule"))
+        .map(|rule| {
+            let text = |key| rule.get(key).and_then(Value::as_str).map(str::to_string);
+            (text("chain").unwrap_or_default(), text("comment"))
+        })
+        .collect())
+}
+
+/// The first of `wanted` that `live` (as [`live_rules`] lists them) lacks, matched by chain and
+/// comment: a rule's owner and port are in its comment, so a deleted rule shows, though one
+/// edited in place does not.
+pub fn first_missing<'a>(
+    wanted: &'a [Rule],
+    live: &[(String, Option<String>)],
+) -> Option<&'a Rule> {
+    let mut left: Vec<&(String, Option<String>)> = live.iter().collect();
+    wanted.iter().find(|rule| {
+        let found = left
+            .iter()
+            .position(|(chain, comment)| chain == rule.chain && *comment == rule.comment);
+        found.map(|i| left.swap_remove(i)).is_none()
+    })
+}
+
 /// Applies a batch with `nft -j -f -` in the current network namespace.
 pub fn apply(batch: &Value) -> Result<(), NftError> {
     let mut child = Command::new("nft")
@@ -388,5 +440,45 @@ mod test {
                 .filter_map(|c| c["add"]["rule"].as_object())
                 .all(|r| r["family"] == "inet" && r["table"] == "tapir")
         );
+    }
+
+    #[test]
+    fn a_rule_missing_from_the_live_table_is_named() {
+        let listing = br#"{"nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "inet", "name": "tapir", "handle": 3}},
+            {"chain": {"family": "inet", "table": "tapir", "name": "postrouting", "handle": 1}},
+            {"rule": {"family": "inet", "table": "tapir", "chain": "prerouting", "handle": 6,
+                      "expr": []}},
+            {"rule": {"family": "inet", "table": "tapir", "chain": "postrouting", "handle": 7,
+                      "comment": "bridge br0: containers going out", "expr": []}}
+        ]}"#;
+        let live = rules_listed(listing).unwrap();
+        assert_eq!(
+            live,
+            [
+                ("prerouting".to_string(), None),
+                (
+                    "postrouting".to_string(),
+                    Some("bridge br0: containers going out".to_string())
+                ),
+            ]
+        );
+        let rule = |chain, comment: Option<&str>| Rule {
+            chain,
+            expr: vec![],
+            comment: comment.map(str::to_string),
+        };
+        let wanted = [
+            rule("prerouting", None),
+            rule("postrouting", Some("bridge br0: containers going out")),
+        ];
+        assert_eq!(first_missing(&wanted, &live), None);
+        // Each live rule stands for one wanted rule only.
+        let twice = [rule("prerouting", None), rule("prerouting", None)];
+        assert_eq!(first_missing(&twice, &live), Some(&twice[1]));
+        let other = [rule("forward", Some("bridge br0"))];
+        assert_eq!(first_missing(&other, &live), Some(&other[0]));
+        assert!(rules_listed(b"not json").is_err());
     }
 }
