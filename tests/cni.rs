@@ -231,6 +231,18 @@ cni ADD ctr2 /run/netns/ct2 <"$W/net.json" >"$W/add2.json"
 check_eq "ADD ctr2 exit status" "$rc" 0
 check_match "ct2 -> published port" "$(in_ct ct2 actor tcp-ask 198.51.100.1 8080)" '^peer '
 check_match "ct1 -> its own published port" "$(in_ct ct1 actor tcp-ask 172.18.0.1 8080)" '^peer '
+# A rule of ctr1's port gone: CHECK fails for ctr1, naming it, and not for ctr2.
+jq -c --slurpfile p "$W/add1.json" '. + {prevResult: $p[0]}' "$W/ports.json" >"$W/check1.json"
+with_prev "$W/add2.json" >"$W/check2.json"
+h=$(nft -j list chain inet tapir hostports |
+    jq '[.nftables[] | select(.rule.comment? // "" | startswith("ctr1 ")) | .rule.handle][0]')
+nft delete rule inet tapir hostports handle "$h"
+call_cni CHECK ctr1 /run/netns/ct1 <"$W/check1.json"
+check_eq "CHECK ctr1 without its rule" "$rc $(jq -r .code <<<"$out")" "1 999"
+check_match "CHECK ctr1 names its rule" "$(jq -r .msg <<<"$out")" 'rule "ctr1 [^"]*8080[^"]*" is missing from chain hostports'
+call_cni CHECK ctr2 /run/netns/ct2 <"$W/check2.json"
+check_eq "CHECK ctr2, whose rules are all there" "$rc:$out" "0:"
+"$TAPIR" network prune --state-dir "$STATE"
 with_prev "$W/add2.json" >"$W/del2.json"
 cni DEL ctr2 /run/netns/ct2 <"$W/del2.json"
 check_eq "DEL ctr2 exit status" "$rc" 0

@@ -175,6 +175,8 @@ pub(super) fn attach(
 ) -> Result<Attachment, KernelError> {
     check_request(cfg, ifname, owner, publish)?;
     let lock = StateLock::acquire(&cfg.state_dir)?;
+    // Held to the end, so that no other state directory takes over before the lease is saved.
+    let manager = Manager::lock()?;
     let mut state = lock.load()?;
     let mut nl = Netlink::open()?;
     let mut stale_errors = Vec::new();
@@ -182,11 +184,10 @@ pub(super) fn attach(
     for e in &stale_errors {
         log::warn!("reclaiming a stale lease: {e}");
     }
-    // Held to the end, so that no other state directory takes over before the lease is saved.
-    let manager = Manager::lock()?;
     let planned = match manager.rival(&cfg.state_dir) {
-        Some((dir, leases)) => Err(KernelError::ManagedElsewhere { dir, leases }),
-        None => plan_lease(&state, cfg, owner, ifname, publish),
+        Ok(Some((dir, leases))) => Err(KernelError::ManagedElsewhere { dir, leases }),
+        Ok(None) => plan_lease(&state, cfg, owner, ifname, publish),
+        Err(e) => Err(e.into()),
     };
     let (address, host_veth) = match planned {
         Ok(planned) => planned,
@@ -408,7 +409,8 @@ pub(super) fn check(
     }
     let live = nft::live_rules()?
         .ok_or_else(|| drifted("the nftables table inet tapir is gone".into()))?;
-    if let Some(rule) = nft::first_missing(&nft::rules(&state.leases), &live) {
+    // This lease's own rules: its ports, its bridge's, and the shared ones.
+    if let Some(rule) = nft::first_missing(&nft::rules(std::slice::from_ref(lease)), &live) {
         return Err(drifted(format!(
             "the rule {:?} is missing from chain {} of the nftables table inet tapir",
             rule.comment.as_deref().unwrap_or("(no comment)"),

@@ -155,7 +155,7 @@ pub enum KernelError {
         owner: String,
     },
     #[error(
-        "the bridges and `inet tapir` table of this network namespace are managed from the \
+        "the `inet tapir` table and ip_forward of this network namespace are managed from the \
          state directory {}, which holds {leases} lease(s): use that directory (--state-dir, \
          TAPIR_STATE_DIR or ipam.dataDir), or end those containers first (`tapir network prune \
          --state-dir {}` reclaims the leases of dead ones)", .dir.display(), .dir.display()

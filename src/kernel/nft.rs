@@ -48,6 +48,8 @@ pub enum NftError {
     Spawn(crate::sys::OsError),
     #[error("nft refused tapir's rules for table inet tapir: {0}")]
     Refused(String),
+    #[error("cannot list the nftables table inet tapir: {0}")]
+    Listing(String),
 }
 
 /// One rule of the table: the chain it goes in, its expressions, a comment naming its owner.
@@ -251,11 +253,15 @@ pub fn live_rules() -> Result<Option<Vec<LiveRule>>, NftError> {
         .output()
         .map_err(|e| NftError::Spawn(e.into()))?;
     if !out.status.success() {
-        return Ok(None);
+        let text = String::from_utf8_lossy(&out.stderr);
+        if text.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(NftError::Listing(first_line(&text)));
     }
     rules_listed(&out.stdout)
         .map(Some)
-        .map_err(|e| NftError::Refused(format!("unreadable listing of the table: {e}")))
+        .map_err(|e| NftError::Listing(format!("unreadable output: {e}")))
 }
 
 /// The (chain, comment) of every rule in `nft -j list` output.
@@ -310,12 +316,18 @@ pub fn apply(batch: &Value) -> Result<(), NftError> {
     if out.status.success() {
         return Ok(());
     }
-    let text = String::from_utf8_lossy(&out.stderr);
+    Err(NftError::Refused(first_line(&String::from_utf8_lossy(
+        &out.stderr,
+    ))))
+}
+
+/// The first line of nft's error output that says anything.
+fn first_line(text: &str) -> String {
     let first = text
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("no message");
-    Err(NftError::Refused(first.trim().to_string()))
+    first.trim().to_string()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::ffi::OsStringExt as _;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -104,18 +105,7 @@ impl StateLock {
 
     /// The state on disk; empty if there is no lease file yet.
     pub fn load(&self) -> Result<State, StateError> {
-        let path = self.file();
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => {
-                return Err(StateError::Read {
-                    path,
-                    cause: e.into(),
-                });
-            }
-        };
-        parse(&text).map_err(|detail| StateError::Malformed { path, detail })
+        read_state(&self.file())
     }
 
     /// Replaces the state on disk (atomically: temporary file, fsync, rename).
@@ -140,9 +130,12 @@ impl StateLock {
 /// restore from its own leases alone. The file `/run/tapir/netns-INODE.owner` names it and is
 /// flock'd while read or written. It is always taken after a [`StateLock`], never before, so the
 /// two locks cannot deadlock. A directory whose lease file holds no lease (or is gone) manages
-/// nothing, and the next one to attach takes over.
+/// nothing, and the next one to attach takes over. A file naming nobody (new, from before
+/// there were manager files, or emptied by a crash while it was rewritten) stands for the
+/// namespace's default directory, `/run/tapir/netns-INODE`.
 pub struct Manager {
     path: PathBuf,
+    default_dir: PathBuf,
     _lock: Flock<File>,
 }
 
@@ -154,38 +147,74 @@ impl Manager {
             path: dir.to_path_buf(),
             cause: e.into(),
         })?;
-        Manager::lock_at(&dir.join(format!("netns-{}.owner", netns_inode())))
+        let netns = format!("netns-{}", netns_inode());
+        Manager::lock_at(&dir.join(format!("{netns}.owner")), dir.join(netns))
     }
 
-    fn lock_at(path: &Path) -> Result<Manager, StateError> {
+    fn lock_at(path: &Path, default_dir: PathBuf) -> Result<Manager, StateError> {
         Ok(Manager {
             path: path.to_path_buf(),
+            default_dir,
             _lock: lock_file(path)?,
         })
     }
 
-    /// Another state directory that holds leases here, with how many, if there is one.
-    pub fn rival(&self, state_dir: &Path) -> Option<(PathBuf, usize)> {
-        let named = fs::read_to_string(&self.path).ok()?;
-        let named = PathBuf::from(named.trim_end());
-        if named.as_os_str().is_empty() || same_dir(&named, state_dir) {
-            return None;
+    /// The directory in charge.
+    fn named(&self) -> Result<PathBuf, StateError> {
+        let mut name = fs::read(&self.path).map_err(|e| StateError::Read {
+            path: self.path.clone(),
+            cause: e.into(),
+        })?;
+        if name.last() == Some(&b'\n') {
+            name.pop();
         }
-        let text = fs::read_to_string(named.join("leases.json")).ok()?;
-        let leases = parse(&text).ok()?.leases.len();
-        (leases > 0).then_some((named, leases))
+        if name.is_empty() {
+            return Ok(self.default_dir.clone());
+        }
+        Ok(PathBuf::from(std::ffi::OsString::from_vec(name)))
     }
 
-    /// Names `state_dir` as the manager.
+    /// Another state directory that holds leases here, with how many, if there is one. Its
+    /// lease file unreadable or malformed is an error, not "no lease": refusing is safer than
+    /// rebuilding the table without its rules.
+    pub fn rival(&self, state_dir: &Path) -> Result<Option<(PathBuf, usize)>, StateError> {
+        let named = self.named()?;
+        if same_dir(&named, state_dir) {
+            return Ok(None);
+        }
+        let leases = read_state(&named.join("leases.json"))?.leases.len();
+        Ok((leases > 0).then_some((named, leases)))
+    }
+
+    /// Names `state_dir` as the manager. (Rewritten in place, not renamed over: the flock is
+    /// on this file.)
     pub fn record(&self, state_dir: &Path) -> Result<(), StateError> {
         let dir = fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-        let mut text = dir.into_os_string().into_encoded_bytes();
+        let mut text = dir.into_os_string().into_vec();
         text.push(b'\n');
         fs::write(&self.path, text).map_err(|e| StateError::Write {
             path: self.path.clone(),
             cause: e.into(),
         })
     }
+}
+
+/// The lease file at `path`; empty if there is none.
+fn read_state(path: &Path) -> Result<State, StateError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(e) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                cause: e.into(),
+            });
+        }
+    };
+    parse(&text).map_err(|detail| StateError::Malformed {
+        path: path.to_path_buf(),
+        detail,
+    })
 }
 
 /// Opens (creating) `path` and waits for an exclusive flock on it.
@@ -438,32 +467,45 @@ mod test {
     #[test]
     fn a_state_directory_with_leases_keeps_the_namespace_from_another() {
         let root = std::env::temp_dir().join(format!("tapir-manager-{}", std::process::id()));
-        let (a, b) = (root.join("a"), root.join("b"));
-        for dir in [&a, &b] {
+        let (a, b, default) = (root.join("a"), root.join("b"), root.join("default"));
+        for dir in [&a, &b, &default] {
             fs::create_dir_all(dir).unwrap();
         }
-        let manager = Manager::lock_at(&root.join("netns.owner")).unwrap();
-        assert_eq!(manager.rival(&a), None, "nobody manages it yet");
-        manager.record(&a).unwrap();
-        assert_eq!(manager.rival(&b), None, "a holds no lease yet");
-        let with_lease = State {
+        let manager = Manager::lock_at(&root.join("netns.owner"), default.clone()).unwrap();
+        let with_lease = render(&State {
             leases: vec![lease("x", 2, &[])],
             ..State::default()
-        };
-        fs::write(a.join("leases.json"), render(&with_lease)).unwrap();
-        assert_eq!(manager.rival(&b), Some((a.canonicalize().unwrap(), 1)));
-        assert_eq!(manager.rival(&a), None, "a is not its own rival");
-        assert_eq!(
-            manager.rival(&root.join("b/../a")),
-            None,
-            "however it is spelled"
-        );
+        });
+        assert_eq!(manager.rival(&a).unwrap(), None, "nobody manages it yet");
+        // Named by nobody, the default directory is in charge: leases from before there
+        // was a manager file count.
+        fs::write(default.join("leases.json"), &with_lease).unwrap();
+        assert_eq!(manager.rival(&a).unwrap(), Some((default.clone(), 1)));
+        assert_eq!(manager.rival(&default).unwrap(), None);
+        fs::remove_file(default.join("leases.json")).unwrap();
+
+        manager.record(&a).unwrap();
+        assert_eq!(manager.rival(&b).unwrap(), None, "a holds no lease yet");
+        fs::write(a.join("leases.json"), &with_lease).unwrap();
+        let a_named = Some((a.canonicalize().unwrap(), 1));
+        assert_eq!(manager.rival(&b).unwrap(), a_named);
+        assert_eq!(manager.rival(&a).unwrap(), None, "a is not its own rival");
+        assert_eq!(manager.rival(&root.join("b/../a")).unwrap(), None);
+        // A lease file that cannot be read refuses rather than lets b rebuild the table.
+        fs::write(a.join("leases.json"), "{").unwrap();
+        assert!(matches!(
+            manager.rival(&b),
+            Err(StateError::Malformed { .. })
+        ));
         // Its last lease gone, a manages nothing and b may take over.
         fs::write(a.join("leases.json"), render(&State::default())).unwrap();
-        assert_eq!(manager.rival(&b), None);
+        assert_eq!(manager.rival(&b).unwrap(), None);
         manager.record(&b).unwrap();
-        fs::write(b.join("leases.json"), render(&with_lease)).unwrap();
-        assert_eq!(manager.rival(&a), Some((b.canonicalize().unwrap(), 1)));
+        fs::write(b.join("leases.json"), &with_lease).unwrap();
+        assert_eq!(
+            manager.rival(&a).unwrap(),
+            Some((b.canonicalize().unwrap(), 1))
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

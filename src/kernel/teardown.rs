@@ -134,12 +134,22 @@ pub(super) fn reconcile(
     if let Err(e) = lock.save(state) {
         errors.push(e.into());
     }
-    if let Some((dir, _)) = manager.rival(lock.dir()) {
-        log::info!(
-            "leaving the inet tapir table and ip_forward to {}, which manages them",
-            dir.display()
-        );
-    } else if let Err(e) = nft::apply(&nft::batch(&state.leases)) {
+    // Not knowing who is in charge leaves the shared objects alone too.
+    let in_charge = match manager.rival(lock.dir()) {
+        Ok(None) => true,
+        Ok(Some((dir, _))) => {
+            log::info!(
+                "leaving the inet tapir table and ip_forward to {}, which manages them",
+                dir.display()
+            );
+            false
+        }
+        Err(e) => {
+            errors.push(e.into());
+            false
+        }
+    };
+    if in_charge && let Err(e) = nft::apply(&nft::batch(&state.leases)) {
         errors.push(e.into());
     }
     for br in state.bridges_created.clone() {
@@ -166,7 +176,7 @@ pub(super) fn reconcile(
         }
     }
     if state.leases.is_empty()
-        && manager.rival(lock.dir()).is_none()
+        && in_charge
         && let Some(old) = state.ip_forward_before.clone()
     {
         // The recorded value goes only once it is back: should the write fail, a later
