@@ -280,6 +280,8 @@ before=$(snapshot)
 out=$("$TAPIR" run --network bridge --bridge br-own --subnet 10.88.0.0/24 -- ip -4 -br addr show dev eth0 | awk '{print $3}')
 check_eq "on a bridge of our own: an address" "$out" 10.88.0.2/24
 check_match "the foreign bridge stays" "$(ip -br link show dev br-own)" "^br-own "
+check_eq "the foreign bridge keeps the gateway address" "$(ip -4 -br addr show dev br-own | awk '{print $3}')" 10.88.0.1/24
+check_eq "the foreign bridge keeps route_localnet" "$(cat /proc/sys/net/ipv4/conf/br-own/route_localnet)" 1
 check_eq "leases after" "$(leases)" 0
 check_eq "nftables ruleset after" "$(nft -j list ruleset)" "$(sed -n 2p <<<"$before")"
 "#,
