@@ -99,8 +99,7 @@ pub fn run(args: RunArgs) -> Result<i32, Error> {
             return Ok(());
         }
         let hint = |e: SandboxError| format!("{e} (--no-sandbox runs tapir without it)");
-        let keep = config.resolv_conf.as_deref().map(resolv::dirs_to_keep);
-        sandbox::isolate_filesystem(&keep.unwrap_or_default()).map_err(hint)?;
+        sandbox::isolate_filesystem(config.resolv_conf.as_deref()).map_err(hint)?;
         sandbox::confine().map_err(hint)
     };
     match event_loop::serve(

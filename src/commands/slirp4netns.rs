@@ -165,8 +165,7 @@ fn run(opts: Slirp4netnsOptions) -> Result<i32, String> {
     let (sandbox, seccomp) = (opts.enable_sandbox, opts.enable_seccomp);
     let ready = || {
         if sandbox {
-            let keep = config.resolv_conf.as_deref().map(resolv::dirs_to_keep);
-            crate::sys::sandbox::isolate_filesystem(&keep.unwrap_or_default())
+            crate::sys::sandbox::isolate_filesystem(config.resolv_conf.as_deref())
                 .map_err(|e| e.to_string())?;
         }
         if seccomp {

@@ -48,7 +48,7 @@
 //! receives fds once the loop runs).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 
@@ -121,10 +121,13 @@ const ALLOWED: &[libc::c_long] = &[
 ];
 
 /// Moves this process into an empty filesystem of its own (see the module comment), where only
-/// the directories in `keep` are seen, read-only, at their own paths (the ones the host's
-/// resolv.conf lives in, so that a change to it is noticed; `sys::resolv`). A directory that
-/// cannot be kept is logged and left out: tapir then keeps the nameservers it started with.
-pub fn isolate_filesystem(keep: &[PathBuf]) -> Result<(), SandboxError> {
+/// the directories `resolv_conf` lives in are seen, read-only, at their own paths, so that a
+/// change to it is noticed (`sys::resolv::dirs_to_keep`). A directory that cannot be kept is
+/// logged and left out: tapir then keeps the nameservers it started with.
+pub fn isolate_filesystem(resolv_conf: Option<&Path>) -> Result<(), SandboxError> {
+    let keep = resolv_conf
+        .map(crate::sys::resolv::dirs_to_keep)
+        .unwrap_or_default();
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
     use nix::sched::{CloneFlags, unshare};
     let step = |what: &'static str| {
@@ -167,7 +170,7 @@ pub fn isolate_filesystem(keep: &[PathBuf]) -> Result<(), SandboxError> {
         Some("size=4k,mode=0500"),
     )
     .map_err(step("mount an empty tmpfs"))?;
-    for dir in keep {
+    for dir in &keep {
         if let Err(e) = keep_readable(dir) {
             log::warn!(
                 "the sandbox cannot keep {} readable ({e}): a change to the host's resolv.conf \
