@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd as _;
 use std::path::Path;
 
-use super::state::{Lease, Manager, State, StateLock};
+use super::state::{Lease, State, StateLock};
 use super::{Attachment, BridgeConfig, KernelError, ipam, netns, nft, sysctl, teardown};
 use crate::forward::spec::PortForward;
 use crate::netlink::Netlink;
@@ -174,9 +174,9 @@ pub(super) fn attach(
     pid: Option<u32>,
 ) -> Result<Attachment, KernelError> {
     check_request(cfg, ifname, owner, publish)?;
-    let lock = StateLock::acquire(&cfg.state_dir)?;
-    // Held to the end, so that no other state directory takes over before the lease is saved.
-    let manager = Manager::lock()?;
+    // Both held to the end: the manager lock so that no other state directory takes over
+    // before the lease is saved.
+    let (lock, manager) = StateLock::acquire_managed(&cfg.state_dir)?;
     let mut state = lock.load()?;
     let mut nl = Netlink::open()?;
     let mut stale_errors = Vec::new();

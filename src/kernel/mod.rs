@@ -231,5 +231,5 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TAPIR_STATE_DIR") {
         return PathBuf::from(dir);
     }
-    Path::new(state::RUN_DIR).join(format!("netns-{}", state::netns_inode()))
+    state::netns_dir()
 }

@@ -284,11 +284,8 @@ fn rules_listed(json_text: &[u8]) -> Result<Vec<LiveRule>, String> {
 /// The first of `wanted` that `live` (as [`live_rules`] lists them) lacks, matched by chain and
 /// comment: a rule's owner and port are in its comment, so a deleted rule shows, though one
 /// edited in place does not.
-pub fn first_missing<'a>(
-    wanted: &'a [Rule],
-    live: &[(String, Option<String>)],
-) -> Option<&'a Rule> {
-    let mut left: Vec<&(String, Option<String>)> = live.iter().collect();
+pub fn first_missing<'a>(wanted: &'a [Rule], live: &[LiveRule]) -> Option<&'a Rule> {
+    let mut left: Vec<&LiveRule> = live.iter().collect();
     wanted.iter().find(|rule| {
         let found = left
             .iter()

@@ -94,6 +94,13 @@ impl StateLock {
         })
     }
 
+    /// Like [`StateLock::acquire`], then the lock on who manages the current network namespace
+    /// ([`Manager`]), always in this order.
+    pub fn acquire_managed(dir: &Path) -> Result<(StateLock, Manager), StateError> {
+        let lock = StateLock::acquire(dir)?;
+        Ok((lock, Manager::lock()?))
+    }
+
     /// The state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -128,8 +135,8 @@ impl StateLock {
 /// Which state directory manages the shared objects of the current network namespace: the
 /// `inet tapir` table and `ip_forward`, which every lease file would otherwise rebuild or
 /// restore from its own leases alone. The file `/run/tapir/netns-INODE.owner` names it and is
-/// flock'd while read or written. It is always taken after a [`StateLock`], never before, so the
-/// two locks cannot deadlock. A directory whose lease file holds no lease (or is gone) manages
+/// flock'd while read or written. It is only taken after a [`StateLock`]
+/// ([`StateLock::acquire_managed`]), so the two locks cannot deadlock. A directory whose lease file holds no lease (or is gone) manages
 /// nothing, and the next one to attach takes over. A file naming nobody (new, from before
 /// there were manager files, or emptied by a crash while it was rewritten) stands for the
 /// namespace's default directory, `/run/tapir/netns-INODE`.
@@ -141,14 +148,13 @@ pub struct Manager {
 
 impl Manager {
     /// Waits for the lock on the current network namespace's manager file.
-    pub fn lock() -> Result<Manager, StateError> {
-        let dir = Path::new(RUN_DIR);
-        fs::create_dir_all(dir).map_err(|e| StateError::Dir {
-            path: dir.to_path_buf(),
+    fn lock() -> Result<Manager, StateError> {
+        fs::create_dir_all(RUN_DIR).map_err(|e| StateError::Dir {
+            path: RUN_DIR.into(),
             cause: e.into(),
         })?;
-        let netns = format!("netns-{}", netns_inode());
-        Manager::lock_at(&dir.join(format!("{netns}.owner")), dir.join(netns))
+        let default_dir = netns_dir();
+        Manager::lock_at(&default_dir.with_extension("owner"), default_dir)
     }
 
     fn lock_at(path: &Path, default_dir: PathBuf) -> Result<Manager, StateError> {
@@ -232,14 +238,16 @@ fn lock_file(path: &Path) -> Result<Flock<File>, StateError> {
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| lock_err(e.into()))
 }
 
-/// Where the manager files live (and the default state directories).
-pub const RUN_DIR: &str = "/run/tapir";
+/// Where the manager files and the default state directories live.
+const RUN_DIR: &str = "/run/tapir";
 
-/// The inode of the current network namespace, which names its state.
-pub fn netns_inode() -> u64 {
-    fs::metadata("/proc/self/ns/net")
+/// The current network namespace's default state directory, `/run/tapir/netns-INODE`, named by
+/// the namespace's inode.
+pub fn netns_dir() -> PathBuf {
+    let inode = fs::metadata("/proc/self/ns/net")
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap_or(0)
+        .unwrap_or(0);
+    Path::new(RUN_DIR).join(format!("netns-{inode}"))
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {

@@ -199,8 +199,7 @@ pub(super) fn detach(
     ifname: &str,
     owner: &str,
 ) -> Result<(), KernelError> {
-    let lock = StateLock::acquire(&cfg.state_dir)?;
-    let manager = Manager::lock()?;
+    let (lock, manager) = StateLock::acquire_managed(&cfg.state_dir)?;
     let mut state = lock.load()?;
     let mut nl = Netlink::open()?;
     let mut errors = Vec::new();
@@ -226,8 +225,7 @@ pub(super) fn detach(
 }
 
 pub(super) fn prune(state_dir: &Path) -> Result<Vec<String>, KernelError> {
-    let lock = StateLock::acquire(state_dir)?;
-    let manager = Manager::lock()?;
+    let (lock, manager) = StateLock::acquire_managed(state_dir)?;
     let mut state = lock.load()?;
     let mut nl = Netlink::open()?;
     let mut errors = Vec::new();
