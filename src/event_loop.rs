@@ -1473,6 +1473,7 @@ impl Network {
                 continue;
             }
             let _ = host.set_nodelay(true);
+            unpaced_on_loopback((&host).into(), client.ip());
             let host = match self.splice_forward(host, client, guest_ip, guest_port) {
                 Ok(()) => continue,
                 Err(host) => host,
@@ -1561,6 +1562,7 @@ impl Network {
         let guest = mio::net::TcpStream::from_std(std::net::TcpStream::from(fd));
         let _ = guest.set_nodelay(true);
         let target = SocketAddr::from((Ipv4Addr::LOCALHOST, guest_port));
+        unpaced_on_loopback((&guest).into(), target.ip());
         let connecting = match socket2::SockRef::from(&guest).connect(&target.into()) {
             Ok(()) => false,
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
@@ -1722,7 +1724,7 @@ impl Network {
             host_port: fwd.host_port,
         };
         let target = SocketAddr::from((Ipv4Addr::LOCALHOST, fwd.host_port));
-        let host = match mio::net::TcpStream::connect(target) {
+        let host = match connect_tcp(target, None) {
             Ok(host) => host,
             Err(e) => {
                 log::debug!("{origin}: {e}");
@@ -1730,8 +1732,8 @@ impl Network {
                 return reset_on_close(&guest);
             }
         };
-        let _ = host.set_nodelay(true);
         let _ = guest.set_nodelay(true);
+        unpaced_on_loopback((&guest).into(), client.ip());
         let io = match SplicedSockets::new(host, guest) {
             Ok(io) => io,
             Err((e, _, guest)) => {
@@ -2035,6 +2037,18 @@ fn reset_on_close(stream: &mio::net::TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
+/// Turns pacing off on a TCP socket whose peer is on this machine's loopback, by giving it
+/// Reno. BBR, a common default, paces every send with a timer unless an `fq` qdisc does it;
+/// loopback has no bottleneck to pace for, and the timers cost CPU the stream's two ends
+/// need (measured on a 2-vCPU VM with BBR as default: a spliced host→guest stream went from
+/// about 14 to 18–20 Gbit/s). Reno is the one algorithm every user may set, and without loss
+/// it moves loopback bytes as fast as any. Sockets towards other hosts keep the default.
+fn unpaced_on_loopback(socket: socket2::SockRef<'_>, peer: IpAddr) {
+    if peer.to_canonical().is_loopback() {
+        let _ = socket.set_tcp_congestion(b"reno");
+    }
+}
+
 fn connect_outcome(stream: &mio::net::TcpStream) -> Option<io::Result<()>> {
     match stream.take_error() {
         Ok(None) => match stream.peer_addr() {
@@ -2069,6 +2083,7 @@ fn connect_tcp(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<mio::net:
     )?;
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
+    unpaced_on_loopback((&socket).into(), addr.ip());
     if let Some(source) = source {
         socket.bind(&SocketAddr::new(source, 0).into())?;
     }
@@ -2682,6 +2697,25 @@ mod test {
         assert!(net.poll_at() > t1, "a timer is due at once");
         net.handle_timers(t1);
         assert_eq!((net.tcp.len(), net.tcp_pending), (1, 1));
+    }
+
+    /// Host sockets towards loopback do not pace (BBR's timers, when it is the default);
+    /// towards anywhere else they keep the system's algorithm.
+    #[test]
+    fn only_loopback_sockets_give_up_pacing() {
+        let (_listener, port) = host_listener();
+        let stream = connect_tcp(SocketAddr::from(([127, 0, 0, 1], port)), None).unwrap();
+        let algorithm = socket2::SockRef::from(&stream).tcp_congestion().unwrap();
+        assert_eq!(algorithm.split(|&b| b == 0).next(), Some(&b"reno"[..]));
+
+        let other =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let default = other.tcp_congestion().unwrap();
+        unpaced_on_loopback((&other).into(), IpAddr::from([192, 0, 2, 1]));
+        assert_eq!(other.tcp_congestion().unwrap(), default);
+        unpaced_on_loopback((&other).into(), "::ffff:127.0.0.1".parse().unwrap());
+        let algorithm = other.tcp_congestion().unwrap();
+        assert_eq!(algorithm.split(|&b| b == 0).next(), Some(&b"reno"[..]));
     }
 
     /// A flow that cannot emit because the queue towards the guest is full wants to be polled
