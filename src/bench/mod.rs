@@ -681,7 +681,11 @@ fn machine() -> String {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    format!("{cpus} CPUs, {model}, Linux {kernel}")
+    // BBR, when it is the default, paces every kernel TCP sender; it changes the figures.
+    let congestion = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{cpus} CPUs, {model}, Linux {kernel}, TCP congestion control {congestion}")
 }
 
 fn tool_versions() -> BTreeMap<String, String> {
