@@ -61,10 +61,11 @@ check_eq "what the guest has of IPv6 without -6" "$out" "unanswered"
 }
 
 /// A DHCP client in the guest gets the address `tapir run` configured, the gateway, the DNS
-/// forwarder and the MTU, from tapir's DHCPv4 server.
+/// forwarder and the MTU, from tapir's DHCPv4 server; after the guest changes its MAC it gets
+/// the same address again, and its traffic passes.
 #[test]
 fn dhcp_offers_the_plan() {
-    World::tapir("dhcp").needs(&["busybox"]).run_ok(
+    World::tapir("dhcp").needs(&["busybox", "ping"]).run_ok(
         r#"
 cat > "$W/tmp/udhcpc.sh" <<'SCRIPT'
 #!/bin/sh
@@ -73,9 +74,15 @@ exit 0
 SCRIPT
 chmod 0755 "$W/tmp/udhcpc.sh"
 TAPIR_ARGS=(--mtu 1500)
-out=$(guest busybox udhcpc -i tap0 -n -q -f -t 3 -T 1 -O mtu -s "$W/tmp/udhcpc.sh")
-check_match "the DHCP lease" "$out" \
-    '^lease ip=10\.0\.2\.100 mask=24 router=10\.0\.2\.2 dns=10\.0\.2\.3 mtu=1500$'
+out=$(guest sh -c '
+    lease() { busybox udhcpc -i tap0 -n -q -f -t 3 -T 1 -O mtu -s "$1"; }
+    lease "$1"
+    ip link set tap0 address 52:54:00:12:34:56 && lease "$1"
+    ping -c 1 -W 2 10.0.2.2 >/dev/null && echo answered || echo unanswered
+' sh "$W/tmp/udhcpc.sh")
+lease='lease ip=10.0.2.100 mask=24 router=10.0.2.2 dns=10.0.2.3 mtu=1500'
+check_eq "the DHCP leases before and after a new MAC, and a ping" "$out" \
+    "$lease"$'\n'"$lease"$'\n'answered
 "#,
     );
 }

@@ -198,15 +198,15 @@ fn signal_ready(fd: Option<OwnedFd>) {
 
 /// What slirp4netns prints on start; some scripts read it.
 fn print_banner(opts: &Slirp4netnsOptions, plan: &AddressPlan) {
-    let base = u32::from(plan.network);
     println!("Starting slirp");
     println!("* MTU:             {}", opts.mtu);
     println!("* Network:         {}", plan.network);
     println!("* Netmask:         {}", plan.netmask());
     println!("* Gateway:         {}", plan.gateway);
     println!("* DNS:             {}", plan.dns);
-    println!("* DHCP begin:      {}", std::net::Ipv4Addr::from(base + 15));
-    println!("* DHCP end:        {}", std::net::Ipv4Addr::from(base + 30));
+    // slirp4netns's range is network+15..30; tapir's DHCP hands out the guest's one address.
+    println!("* DHCP begin:      {}", plan.guest);
+    println!("* DHCP end:        {}", plan.guest);
     println!("* Recommended IP:  {}", plan.guest);
     if plan.host_loopback {
         println!(

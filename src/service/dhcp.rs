@@ -9,14 +9,15 @@
 //! bound to it, which a broadcast would not reach. libslirp answers everything by broadcast,
 //! which every client in INIT accepts whatever its broadcast flag says.
 //!
-//! Addresses: the first client MAC is offered the address `--configure` gives the guest
-//! (network+100), so that a DHCP client in the guest and the static configuration agree and
-//! the guest's traffic passes the source check. Further MACs get slirp4netns's range,
-//! network+15 to network+30; a MAC keeps its address as long as nobody else needs it. There
-//! are no timers: a lease (24 hours, as libslirp) or an unanswered offer (a minute) is only
-//! compared with `now` when an address is looked for. A released lease stays reserved for its
-//! MAC until every never-used address is gone; a declined address is set aside for ten
-//! minutes.
+//! Addresses: tapir carries one guest, at the address `--configure` gives it (network+100),
+//! and drops any other source (`stack::frame`). So that is the one address this server hands
+//! out, to whichever MAC asks, as pasta's does: a guest that comes back with a new MAC gets its
+//! address at once, and the DHCP client and the static configuration always agree. (libslirp
+//! hands network+15 to network+30 to successive MACs; tapir could not carry their traffic.)
+//! There is no lease to remember, so RELEASE changes nothing. A DECLINE (the guest found the
+//! address in use on its link) sets it aside for ten minutes, during which DISCOVERs go
+//! unanswered and REQUESTs are refused. There are no timers: the decline is compared with
+//! `now` when a message comes. The lease announced is 24 hours, as libslirp's.
 //!
 //! Options sent: message type (53), server identifier (54) = gateway, subnet mask (1),
 //! router (3) = gateway, DNS (6) = the DNS forwarder, lease time (51) and interface MTU (26).
@@ -35,13 +36,8 @@ use crate::config::AddressPlan;
 /// How long a bound address is the client's (libslirp: 24 hours).
 const LEASE_SECS: u32 = 24 * 3600;
 pub const LEASE_TIME: Duration = Duration::from_secs(LEASE_SECS as u64);
-/// How long an offered address waits for the client's DHCPREQUEST.
-const OFFER_HOLD: Duration = Duration::from_secs(60);
 /// How long an address a client declined (found in use) is not offered again.
 const DECLINE_HOLD: Duration = Duration::from_secs(600);
-/// slirp4netns's dynamic range: network+15, 16 addresses.
-const POOL_START: u32 = 15;
-const POOL_SIZE: u32 = 16;
 /// RFC 1542 section 3.3: some BOOTP relays and clients drop messages shorter than this.
 const BOOTP_MIN_LEN: usize = 300;
 const OPTION_DNS: u8 = 6;
@@ -59,71 +55,25 @@ pub struct Reply {
     pub to: Ipv4Addr,
 }
 
-/// Who may use an address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Holder {
-    /// Never handed out.
-    Nobody,
-    /// Offered to or leased by `mac` until `until`; after that, the first to be given back to
-    /// `mac`, and the last to be given to another.
-    Client { mac: [u8; 6], until: Instant },
-    /// A client found it in use (DHCPDECLINE).
-    Declined { until: Instant },
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    addr: Ipv4Addr,
-    holder: Holder,
-}
-
-impl Slot {
-    fn held_by(&self, mac: [u8; 6]) -> bool {
-        matches!(self.holder, Holder::Client { mac: m, .. } if m == mac)
-    }
-
-    /// Whether `mac` may be given this address now.
-    fn available_to(&self, mac: [u8; 6], now: Instant) -> bool {
-        match self.holder {
-            Holder::Nobody => true,
-            Holder::Client { mac: m, until } => m == mac || until <= now,
-            Holder::Declined { until } => until <= now,
-        }
-    }
-}
-
-/// The guest's DHCP server: the address plan, the MTU to announce, and who holds which
-/// address.
+/// The guest's DHCP server: the address plan and the MTU to announce.
 #[derive(Debug, Clone)]
 pub struct DhcpServer {
     plan: AddressPlan,
     mtu: u16,
-    /// The configured guest address first, then the dynamic range.
-    slots: Vec<Slot>,
-    /// Running out of addresses is logged once, not per DISCOVER.
-    exhaustion_logged: bool,
+    /// Until when the guest's address is set aside after a DHCPDECLINE.
+    declined_until: Option<Instant>,
     /// Messages left unanswered that a server would not expect: unparsable, of a type clients
-    /// do not send, or a DISCOVER with no address left. (DECLINE and RELEASE get no answer by
-    /// design and are not counted.) The event loop moves this into its counters.
+    /// do not send, or a DISCOVER while the address is declined. (DECLINE and RELEASE get no
+    /// answer by design and are not counted.) The event loop moves this into its counters.
     pub unanswered: u64,
 }
 
 impl DhcpServer {
     pub fn new(plan: AddressPlan, mtu: u32) -> DhcpServer {
-        let base = u32::from(plan.network);
-        let pool = (POOL_START..POOL_START + POOL_SIZE).map(|i| Ipv4Addr::from(base + i));
-        let slots = std::iter::once(plan.guest)
-            .chain(pool.filter(|addr| *addr != plan.guest))
-            .map(|addr| Slot {
-                addr,
-                holder: Holder::Nobody,
-            })
-            .collect();
         DhcpServer {
             plan,
             mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
-            slots,
-            exhaustion_logged: false,
+            declined_until: None,
             unanswered: 0,
         }
     }
@@ -149,7 +99,7 @@ impl DhcpServer {
                 None
             }
             DhcpMessageType::Release => {
-                self.release(now, client_mac, &repr);
+                self.release(client_mac, &repr);
                 None
             }
             DhcpMessageType::Inform => self.inform(&repr),
@@ -160,56 +110,41 @@ impl DhcpServer {
         }
     }
 
-    /// DHCPDISCOVER: offer the client's address, the one it asks for if it may have it, or a
-    /// new one.
+    /// Whether the guest's address may be handed out at `now` (not declined lately).
+    fn available(&self, now: Instant) -> bool {
+        self.declined_until.is_none_or(|until| until <= now)
+    }
+
+    /// DHCPDISCOVER: offer the guest's address, whatever the client asked for.
     fn discover(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) -> Option<Reply> {
-        let asked = req
-            .requested_ip
-            .and_then(|ip| self.slot_of(ip))
-            .filter(|&i| self.slots[i].available_to(mac, now));
-        let Some(i) = asked.or_else(|| self.allocate(mac, now)) else {
-            if !std::mem::replace(&mut self.exhaustion_logged, true) {
-                log::warn!("dhcp: no address left for {} (logged once)", mac_str(mac));
-            }
+        if !self.available(now) {
+            log::debug!(
+                "dhcp: nothing to offer {}: the address was declined",
+                mac_str(mac)
+            );
             self.unanswered += 1;
             return None;
-        };
-        let until = match self.slots[i].holder {
-            Holder::Client { mac: m, until } if m == mac => until.max(now + OFFER_HOLD),
-            _ => now + OFFER_HOLD,
-        };
-        self.hold(i, mac, until);
-        let addr = self.slots[i].addr;
+        }
+        let addr = self.plan.guest;
         log::debug!("dhcp: offering {addr} to {}", mac_str(mac));
         self.reply(req, DhcpMessageType::Offer, addr, Ipv4Addr::BROADCAST)
     }
 
-    /// DHCPREQUEST: acknowledge the address the client asks for (selected from an offer, asked
-    /// for again after a reboot, or renewed) if it may have it, refuse it otherwise.
+    /// DHCPREQUEST: acknowledge the guest's address (selected from an offer, asked for again
+    /// after a reboot, or renewed), refuse any other.
     fn request(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) -> Option<Reply> {
         if let Some(server) = req.server_identifier
             && server != self.plan.gateway
         {
-            // The client took another server's offer; ours lapses on its own.
+            // The client took another server's offer.
             return None;
         }
         let renewing = !req.client_ip.is_unspecified();
         let asked = req.requested_ip.or(renewing.then_some(req.client_ip))?;
-        let selecting = req.server_identifier.is_some();
-        let granted = self.slot_of(asked).filter(|&i| {
-            let slot = &self.slots[i];
-            // Having selected our offer, the client must still hold it.
-            if selecting {
-                slot.held_by(mac)
-            } else {
-                slot.available_to(mac, now)
-            }
-        });
-        let Some(i) = granted else {
+        if asked != self.plan.guest || !self.available(now) {
             log::debug!("dhcp: refusing {asked} to {}", mac_str(mac));
             return self.nak(req);
-        };
-        self.hold(i, mac, now + LEASE_TIME);
+        }
         log::debug!("dhcp: leased {asked} to {}", mac_str(mac));
         // A client renewing listens at its address; one that names another address in ciaddr
         // than the one it asks for is confused (RFC 2131 section 4.3.2 forbids both at once)
@@ -222,28 +157,22 @@ impl DhcpServer {
         self.reply(req, DhcpMessageType::Ack, asked, to)
     }
 
-    /// DHCPDECLINE: the client found the address in use; set it aside.
+    /// DHCPDECLINE: the client found the guest's address in use; set it aside.
     fn decline(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) {
-        let Some(i) = req.requested_ip.and_then(|ip| self.slot_of(ip)) else {
-            return;
-        };
-        if self.slots[i].held_by(mac) {
-            log::debug!("dhcp: {} declined {}", mac_str(mac), self.slots[i].addr);
-            self.slots[i].holder = Holder::Declined {
-                until: now + DECLINE_HOLD,
-            };
+        if req.requested_ip == Some(self.plan.guest) {
+            log::warn!(
+                "dhcp: {} found {} in use on its link; not offered for {} minutes",
+                mac_str(mac),
+                self.plan.guest,
+                DECLINE_HOLD.as_secs() / 60
+            );
+            self.declined_until = Some(now + DECLINE_HOLD);
         }
     }
 
-    /// DHCPRELEASE: the lease ends now, but the address stays the client's first choice.
-    fn release(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) {
-        let Some(i) = self.slot_of(req.client_ip) else {
-            return;
-        };
-        if self.slots[i].held_by(mac) {
-            log::debug!("dhcp: {} released {}", mac_str(mac), req.client_ip);
-            self.slots[i].holder = Holder::Client { mac, until: now };
-        }
+    /// DHCPRELEASE: nothing to forget, since no lease is kept.
+    fn release(&mut self, mac: [u8; 6], req: &DhcpRepr) {
+        log::debug!("dhcp: {} released {}", mac_str(mac), req.client_ip);
     }
 
     /// DHCPINFORM: the client has an address and wants the rest of the configuration.
@@ -254,31 +183,6 @@ impl DhcpServer {
             req.client_ip
         };
         self.reply(req, DhcpMessageType::Ack, Ipv4Addr::UNSPECIFIED, to)
-    }
-
-    fn slot_of(&self, addr: Ipv4Addr) -> Option<usize> {
-        self.slots.iter().position(|s| s.addr == addr)
-    }
-
-    /// The address for `mac`: the one it had, else one never handed out, else one whose
-    /// holder's time is up.
-    fn allocate(&self, mac: [u8; 6], now: Instant) -> Option<usize> {
-        let slots = &self.slots;
-        slots
-            .iter()
-            .position(|s| s.held_by(mac))
-            .or_else(|| slots.iter().position(|s| s.holder == Holder::Nobody))
-            .or_else(|| slots.iter().position(|s| s.available_to(mac, now)))
-    }
-
-    /// Gives slot `i` to `mac` until `until`; any other address it held goes back.
-    fn hold(&mut self, i: usize, mac: [u8; 6], until: Instant) {
-        for (j, slot) in self.slots.iter_mut().enumerate() {
-            if j != i && slot.held_by(mac) {
-                slot.holder = Holder::Nobody;
-            }
-        }
-        self.slots[i].holder = Holder::Client { mac, until };
     }
 
     /// DHCPOFFER or DHCPACK with the whole configuration; `addr` is unspecified for the
@@ -544,19 +448,27 @@ mod test {
     }
 
     #[test]
-    fn further_clients_get_the_slirp4netns_range() {
+    fn every_mac_is_offered_the_guest_address() {
         let mut s = server();
         let now = Instant::now();
         s.handle(now, MAC_A, &discover()).unwrap();
+        s.handle(
+            now,
+            MAC_A,
+            &request_selecting(MAC_A, [10, 0, 2, 100], GATEWAY),
+        )
+        .unwrap();
+        // A second MAC (the guest again, with a new one) gets the same address at once.
         let mut disc_b = discover();
         disc_b[28..34].copy_from_slice(&MAC_B);
         let offer = s.handle(now, MAC_B, &disc_b).unwrap();
-        assert_eq!(parse(&offer).your_ip, Ipv4Addr::new(10, 0, 2, 15));
-        // The same client asking twice keeps its offer.
-        let offer = s.handle(now, MAC_B, &disc_b).unwrap();
-        assert_eq!(parse(&offer).your_ip, Ipv4Addr::new(10, 0, 2, 15));
-        // Nobody else may take A's offered address.
+        assert_eq!(parse(&offer).your_ip, GUEST);
         let req = request_selecting(MAC_B, [10, 0, 2, 100], GATEWAY);
+        let ack = s.handle(now, MAC_B, &req).unwrap();
+        assert_eq!(parse(&ack).message_type, DhcpMessageType::Ack);
+        assert_eq!(parse(&ack).chaddr, MAC_B);
+        // libslirp's range is not handed out: tapir would drop its traffic.
+        let req = request_selecting(MAC_B, [10, 0, 2, 15], GATEWAY);
         let nak = s.handle(now, MAC_B, &req).unwrap();
         assert_eq!(nak.to, Ipv4Addr::BROADCAST);
         let repr = parse(&nak);
@@ -576,25 +488,25 @@ mod test {
     }
 
     #[test]
-    fn rebooting_client_keeps_or_loses_its_address() {
+    fn rebooting_client_gets_the_guest_address_and_no_other() {
         let mut s = server();
         let now = Instant::now();
-        // After a tapir restart the guest asks for the address it had: free, so granted.
+        // After a tapir restart the guest asks for the address it had.
         let req = request_again(MAC_A, [0; 4], Some([10, 0, 2, 100]));
         let ack = s.handle(now, MAC_A, &req).unwrap();
         assert_eq!(parse(&ack).message_type, DhcpMessageType::Ack);
         assert_eq!(ack.to, Ipv4Addr::BROADCAST);
-        // Another client may not have it; an address outside the pool nobody may have.
         let req = request_again(MAC_B, [0; 4], Some([10, 0, 2, 100]));
-        let nak = s.handle(now, MAC_B, &req).unwrap();
-        assert_eq!(parse(&nak).message_type, DhcpMessageType::Nak);
-        let req = request_again(MAC_B, [0; 4], Some([192, 168, 1, 7]));
-        let nak = s.handle(now, MAC_B, &req).unwrap();
-        assert_eq!(parse(&nak).message_type, DhcpMessageType::Nak);
+        let ack = s.handle(now, MAC_B, &req).unwrap();
+        assert_eq!(parse(&ack).message_type, DhcpMessageType::Ack);
+        // An address from another network, or another of this one, is refused.
+        for other in [[192, 168, 1, 7], [10, 0, 2, 101]] {
+            let req = request_again(MAC_A, [0; 4], Some(other));
+            let nak = s.handle(now, MAC_A, &req).unwrap();
+            assert_eq!(parse(&nak).message_type, DhcpMessageType::Nak);
+        }
     }
 
-    /// Found by fuzz/fuzz_targets/dhcp.rs: a DHCPREQUEST with ciaddr 10.0.0.0 and requested
-    /// address 10.0.2.100 was acknowledged at 10.0.0.0, outside the network.
     #[test]
     fn request_naming_another_ciaddr_is_answered_by_broadcast() {
         let mut s = server();
@@ -622,63 +534,42 @@ mod test {
         assert_eq!(repr.message_type, DhcpMessageType::Ack);
         assert_eq!(repr.client_ip, GUEST);
         assert_eq!(repr.your_ip, GUEST);
-        // The lease now runs from the renewal: another client may not take the address when
-        // the first lease would have ended, only when the renewed one has.
-        let take = request_again(MAC_B, [0; 4], Some([10, 0, 2, 100]));
-        let answer = |t| {
-            let reply = s.clone().handle(t, MAC_B, &take).unwrap();
-            parse(&reply).message_type
-        };
-        assert_eq!(answer(now + LEASE_TIME + OFFER_HOLD), DhcpMessageType::Nak);
-        assert_eq!(answer(later + LEASE_TIME), DhcpMessageType::Ack);
+        assert_eq!(repr.lease_duration, Some(86400));
     }
 
     #[test]
-    fn addresses_are_reused_only_when_the_pool_runs_out() {
-        let mut s = server();
-        let now = Instant::now();
-        let mac = |i: u8| [2, 0, 0, 0, 0, i];
-        let lease = |s: &mut DhcpServer, m: [u8; 6], t: Instant| {
-            let mut d = discover();
-            d[28..34].copy_from_slice(&m);
-            let offer = s.handle(t, m, &d)?;
-            let addr = parse(&offer).your_ip.octets();
-            let ack = s.handle(t, m, &request_selecting(m, addr, GATEWAY))?;
-            Some(parse(&ack).your_ip)
-        };
-        assert_eq!(lease(&mut s, mac(0), now), Some(GUEST));
-        // The released address stays with its client while unused ones remain.
-        let release = message(7, mac(0), [10, 0, 2, 100], None);
-        assert_eq!(s.handle(now, mac(0), &release), None);
-        for i in 1..=16 {
-            let expected = Ipv4Addr::new(10, 0, 2, 14 + i);
-            assert_eq!(lease(&mut s, mac(i), now), Some(expected));
-        }
-        // The pool is full; only the released address is left.
-        assert_eq!(lease(&mut s, mac(17), now), Some(GUEST));
-        assert_eq!(s.unanswered, 0, "a RELEASE gets no answer by design");
-        assert_eq!(lease(&mut s, mac(18), now), None);
-        assert_eq!(s.unanswered, 1, "a DISCOVER with nothing to offer");
-        // A lease that ran out can go to someone else.
-        let later = now + LEASE_TIME + Duration::from_secs(1);
-        assert_eq!(lease(&mut s, mac(18), later), Some(GUEST));
-    }
-
-    #[test]
-    fn declined_address_is_set_aside() {
+    fn release_changes_nothing() {
         let mut s = server();
         let now = Instant::now();
         s.handle(now, MAC_A, &discover()).unwrap();
+        let req = request_selecting(MAC_A, [10, 0, 2, 100], GATEWAY);
+        s.handle(now, MAC_A, &req).unwrap();
+        let release = message(7, MAC_A, [10, 0, 2, 100], None);
+        assert_eq!(s.handle(now, MAC_A, &release), None);
+        assert_eq!(s.unanswered, 0, "a RELEASE gets no answer by design");
+        let offer = s.handle(now, MAC_A, &discover()).unwrap();
+        assert_eq!(parse(&offer).your_ip, GUEST);
+    }
+
+    #[test]
+    fn declined_address_is_set_aside_for_ten_minutes() {
+        let mut s = server();
+        let now = Instant::now();
+        s.handle(now, MAC_A, &discover()).unwrap();
+        // Declining another address changes nothing.
+        let decline = message(4, MAC_A, [0; 4], Some([10, 0, 2, 15]));
+        assert_eq!(s.handle(now, MAC_A, &decline), None);
+        assert!(s.handle(now, MAC_A, &discover()).is_some());
         let decline = message(4, MAC_A, [0; 4], Some([10, 0, 2, 100]));
         assert_eq!(s.handle(now, MAC_A, &decline), None);
-        let offer = s.handle(now, MAC_A, &discover()).unwrap();
-        assert_eq!(parse(&offer).your_ip, Ipv4Addr::new(10, 0, 2, 15));
-        // Someone else's address cannot be declined for them.
-        let decline = message(4, MAC_B, [0; 4], Some([10, 0, 2, 15]));
-        assert_eq!(s.handle(now, MAC_B, &decline), None);
-        let req = request_selecting(MAC_A, [10, 0, 2, 15], GATEWAY);
-        let ack = s.handle(now, MAC_A, &req).unwrap();
-        assert_eq!(parse(&ack).message_type, DhcpMessageType::Ack);
+        assert_eq!(s.handle(now, MAC_A, &discover()), None);
+        assert_eq!(s.unanswered, 1, "a DISCOVER with nothing to offer");
+        let req = request_selecting(MAC_A, [10, 0, 2, 100], GATEWAY);
+        let nak = s.handle(now, MAC_A, &req).unwrap();
+        assert_eq!(parse(&nak).message_type, DhcpMessageType::Nak);
+        let later = now + DECLINE_HOLD;
+        let offer = s.handle(later, MAC_B, &discover()).unwrap();
+        assert_eq!(parse(&offer).your_ip, GUEST);
     }
 
     #[test]
