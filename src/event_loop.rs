@@ -2030,8 +2030,6 @@ fn udp_frame(
     true
 }
 
-/// Where a non-blocking connect stands: done (`Some(Ok)`), failed (`Some(Err)`, with the
-/// reason), or still under way (`None`).
 /// Linger 0: closing `stream` sends a RST rather than a FIN.
 fn reset_on_close(stream: &mio::net::TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
@@ -2040,15 +2038,18 @@ fn reset_on_close(stream: &mio::net::TcpStream) {
 /// Turns pacing off on a TCP socket whose peer is on this machine's loopback, by giving it
 /// Reno. BBR, a common default, paces every send with a timer unless an `fq` qdisc does it;
 /// loopback has no bottleneck to pace for, and the timers cost CPU the stream's two ends
-/// need (measured on a 2-vCPU VM with BBR as default: a spliced host→guest stream went from
-/// about 14 to 18–20 Gbit/s). Reno is the one algorithm every user may set, and without loss
-/// it moves loopback bytes as fast as any. Sockets towards other hosts keep the default.
+/// need (measured on a 2-vCPU VM with BBR as default, alternating 6 s runs: a spliced
+/// host→guest stream went from 11.5–17.0 to 15.7–19.9 Gbit/s). Reno is the one algorithm
+/// every user may set, and without loss it moves loopback bytes as fast as any. Sockets
+/// towards other hosts keep the default.
 fn unpaced_on_loopback(socket: socket2::SockRef<'_>, peer: IpAddr) {
     if peer.to_canonical().is_loopback() {
         let _ = socket.set_tcp_congestion(b"reno");
     }
 }
 
+/// Where a non-blocking connect stands: done (`Some(Ok)`), failed (`Some(Err)`, with the
+/// reason), or still under way (`None`).
 fn connect_outcome(stream: &mio::net::TcpStream) -> Option<io::Result<()>> {
     match stream.take_error() {
         Ok(None) => match stream.peer_addr() {

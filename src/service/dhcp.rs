@@ -14,10 +14,12 @@
 //! out, to whichever MAC asks, as pasta's does: a guest that comes back with a new MAC gets its
 //! address at once, and the DHCP client and the static configuration always agree. (libslirp
 //! hands network+15 to network+30 to successive MACs; tapir could not carry their traffic.)
-//! There is no lease to remember, so RELEASE changes nothing. A DECLINE (the guest found the
-//! address in use on its link) sets it aside for ten minutes, during which DISCOVERs go
-//! unanswered and REQUESTs are refused. There are no timers: the decline is compared with
-//! `now` when a message comes. The lease announced is 24 hours, as libslirp's.
+//! There is no lease to remember, so RELEASE changes nothing. A DECLINE says the address is
+//! in use on the client's link (a second machine behind the guest's TAP would find the
+//! guest there): that MAC is not offered it for ten minutes, its DISCOVERs go unanswered and
+//! its REQUESTs are refused, while every other MAC, the guest holding it included, keeps it.
+//! The last 16 declining MACs are remembered, no more. There are no timers: a decline is
+//! compared with `now` when a message comes. The lease announced is 24 hours, as libslirp's.
 //!
 //! Options sent: message type (53), server identifier (54) = gateway, subnet mask (1),
 //! router (3) = gateway, DNS (6) = the DNS forwarder, lease time (51) and interface MTU (26).
@@ -35,9 +37,10 @@ use crate::config::AddressPlan;
 
 /// How long a bound address is the client's (libslirp: 24 hours).
 const LEASE_SECS: u32 = 24 * 3600;
-pub const LEASE_TIME: Duration = Duration::from_secs(LEASE_SECS as u64);
-/// How long an address a client declined (found in use) is not offered again.
+/// How long a client that declined the address (found it in use) is not offered it again.
 const DECLINE_HOLD: Duration = Duration::from_secs(600);
+/// How many declining MACs are remembered (a guest may make up any number).
+const DECLINERS: usize = 16;
 /// RFC 1542 section 3.3: some BOOTP relays and clients drop messages shorter than this.
 const BOOTP_MIN_LEN: usize = 300;
 const OPTION_DNS: u8 = 6;
@@ -60,10 +63,12 @@ pub struct Reply {
 pub struct DhcpServer {
     plan: AddressPlan,
     mtu: u16,
-    /// Until when the guest's address is set aside after a DHCPDECLINE.
-    declined_until: Option<Instant>,
+    /// Clients that declined the address, and until when they are not offered it.
+    declined: Vec<([u8; 6], Instant)>,
+    /// The first decline is logged as a warning, the rest at debug level.
+    decline_logged: bool,
     /// Messages left unanswered that a server would not expect: unparsable, of a type clients
-    /// do not send, or a DISCOVER while the address is declined. (DECLINE and RELEASE get no
+    /// do not send, or a DISCOVER from a client that declined the address. (DECLINE and RELEASE get no
     /// answer by design and are not counted.) The event loop moves this into its counters.
     pub unanswered: u64,
 }
@@ -73,7 +78,8 @@ impl DhcpServer {
         DhcpServer {
             plan,
             mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
-            declined_until: None,
+            declined: Vec::new(),
+            decline_logged: false,
             unanswered: 0,
         }
     }
@@ -110,16 +116,20 @@ impl DhcpServer {
         }
     }
 
-    /// Whether the guest's address may be handed out at `now` (not declined lately).
-    fn available(&self, now: Instant) -> bool {
-        self.declined_until.is_none_or(|until| until <= now)
+    /// Whether the guest's address may be handed to `mac` at `now` (it did not decline it
+    /// lately).
+    fn available_to(&self, mac: [u8; 6], now: Instant) -> bool {
+        !self
+            .declined
+            .iter()
+            .any(|&(m, until)| m == mac && now < until)
     }
 
     /// DHCPDISCOVER: offer the guest's address, whatever the client asked for.
     fn discover(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) -> Option<Reply> {
-        if !self.available(now) {
+        if !self.available_to(mac, now) {
             log::debug!(
-                "dhcp: nothing to offer {}: the address was declined",
+                "dhcp: nothing to offer {}: it declined the address",
                 mac_str(mac)
             );
             self.unanswered += 1;
@@ -141,7 +151,7 @@ impl DhcpServer {
         }
         let renewing = !req.client_ip.is_unspecified();
         let asked = req.requested_ip.or(renewing.then_some(req.client_ip))?;
-        if asked != self.plan.guest || !self.available(now) {
+        if asked != self.plan.guest || !self.available_to(mac, now) {
             log::debug!("dhcp: refusing {asked} to {}", mac_str(mac));
             return self.nak(req);
         }
@@ -157,17 +167,31 @@ impl DhcpServer {
         self.reply(req, DhcpMessageType::Ack, asked, to)
     }
 
-    /// DHCPDECLINE: the client found the guest's address in use; set it aside.
+    /// DHCPDECLINE: the client found the guest's address in use; do not offer it to that
+    /// client for a while.
     fn decline(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) {
-        if req.requested_ip == Some(self.plan.guest) {
-            log::warn!(
-                "dhcp: {} found {} in use on its link; not offered for {} minutes",
-                mac_str(mac),
-                self.plan.guest,
-                DECLINE_HOLD.as_secs() / 60
-            );
-            self.declined_until = Some(now + DECLINE_HOLD);
+        let ours = req
+            .server_identifier
+            .is_none_or(|id| id == self.plan.gateway);
+        if !ours || req.requested_ip != Some(self.plan.guest) {
+            return;
         }
+        let addr = self.plan.guest;
+        if std::mem::replace(&mut self.decline_logged, true) {
+            log::debug!("dhcp: {} found {addr} in use on its link", mac_str(mac));
+        } else {
+            log::warn!(
+                "dhcp: {} found {addr}, the guest's address, in use on its link; it is not \
+                 offered to that MAC for ten minutes (further declines are logged at debug level)",
+                mac_str(mac)
+            );
+        }
+        self.declined.retain(|&(m, until)| m != mac && now < until);
+        if self.declined.len() >= DECLINERS {
+            // The one that would be free soonest makes room.
+            self.declined.remove(0);
+        }
+        self.declined.push((mac, now + DECLINE_HOLD));
     }
 
     /// DHCPRELEASE: nothing to forget, since no lease is kept.
@@ -410,7 +434,7 @@ mod test {
     const GATEWAY: [u8; 4] = [10, 0, 2, 2];
 
     #[test]
-    fn first_client_is_offered_the_configured_address() {
+    fn discover_is_offered_the_configured_address() {
         let mut s = server();
         let now = Instant::now();
         let offer = s.handle(now, MAC_A, &discover()).unwrap();
@@ -507,6 +531,8 @@ mod test {
         }
     }
 
+    /// Found by fuzz/fuzz_targets/dhcp.rs: a DHCPREQUEST with ciaddr 10.0.0.0 and requested
+    /// address 10.0.2.100 was acknowledged at 10.0.0.0, outside the network.
     #[test]
     fn request_naming_another_ciaddr_is_answered_by_broadcast() {
         let mut s = server();
@@ -526,7 +552,7 @@ mod test {
         s.handle(now, MAC_A, &discover()).unwrap();
         let req = request_selecting(MAC_A, [10, 0, 2, 100], GATEWAY);
         s.handle(now, MAC_A, &req).unwrap();
-        let later = now + LEASE_TIME / 2;
+        let later = now + Duration::from_secs(u64::from(LEASE_SECS / 2));
         let renew = request_again(MAC_A, [10, 0, 2, 100], None);
         let ack = s.handle(later, MAC_A, &renew).unwrap();
         assert_eq!(ack.to, GUEST);
@@ -552,24 +578,53 @@ mod test {
     }
 
     #[test]
-    fn declined_address_is_set_aside_for_ten_minutes() {
+    fn a_decline_keeps_the_address_from_that_mac_only_for_ten_minutes() {
         let mut s = server();
         let now = Instant::now();
-        s.handle(now, MAC_A, &discover()).unwrap();
-        // Declining another address changes nothing.
-        let decline = message(4, MAC_A, [0; 4], Some([10, 0, 2, 15]));
-        assert_eq!(s.handle(now, MAC_A, &decline), None);
-        assert!(s.handle(now, MAC_A, &discover()).is_some());
-        let decline = message(4, MAC_A, [0; 4], Some([10, 0, 2, 100]));
-        assert_eq!(s.handle(now, MAC_A, &decline), None);
-        assert_eq!(s.handle(now, MAC_A, &discover()), None);
+        let ack = |s: &mut DhcpServer, mac, t| {
+            let req = request_again(mac, [10, 0, 2, 100], None);
+            parse(&s.handle(t, mac, &req).unwrap()).message_type
+        };
+        let mut disc_b = discover();
+        disc_b[28..34].copy_from_slice(&MAC_B);
+        // Declining another address, or for another server, changes nothing.
+        let decline = message(4, MAC_B, [0; 4], Some([10, 0, 2, 15]));
+        assert_eq!(s.handle(now, MAC_B, &decline), None);
+        let mut elsewhere = message(4, MAC_B, [0; 4], Some([10, 0, 2, 100]));
+        elsewhere.truncate(elsewhere.len() - 1);
+        elsewhere.extend([0x36, 0x04, 192, 168, 0, 1, 0xff]);
+        assert_eq!(s.handle(now, MAC_B, &elsewhere), None);
+        assert!(s.handle(now, MAC_B, &disc_b).is_some());
+        // B, behind the guest's TAP, finds the guest at .100 and declines it.
+        let decline = message(4, MAC_B, [0; 4], Some([10, 0, 2, 100]));
+        assert_eq!(s.handle(now, MAC_B, &decline), None);
+        assert_eq!(s.handle(now, MAC_B, &disc_b), None);
         assert_eq!(s.unanswered, 1, "a DISCOVER with nothing to offer");
-        let req = request_selecting(MAC_A, [10, 0, 2, 100], GATEWAY);
-        let nak = s.handle(now, MAC_A, &req).unwrap();
-        assert_eq!(parse(&nak).message_type, DhcpMessageType::Nak);
-        let later = now + DECLINE_HOLD;
-        let offer = s.handle(later, MAC_B, &discover()).unwrap();
+        assert_eq!(ack(&mut s, MAC_B, now), DhcpMessageType::Nak);
+        // The guest keeps renewing it.
+        assert_eq!(ack(&mut s, MAC_A, now), DhcpMessageType::Ack);
+        assert!(s.handle(now, MAC_A, &discover()).is_some());
+        let almost = now + DECLINE_HOLD - Duration::from_secs(1);
+        assert_eq!(s.handle(almost, MAC_B, &disc_b), None);
+        let offer = s.handle(now + DECLINE_HOLD, MAC_B, &disc_b).unwrap();
         assert_eq!(parse(&offer).your_ip, GUEST);
+    }
+
+    /// A guest that declines from ever new MACs is remembered for its last few only.
+    #[test]
+    fn declining_macs_are_bounded() {
+        let mut s = server();
+        let now = Instant::now();
+        for i in 0..1000u16 {
+            let [hi, lo] = i.to_be_bytes();
+            let mac = [2, 0, 0, 0, hi, lo];
+            let decline = message(4, mac, [0; 4], Some([10, 0, 2, 100]));
+            assert_eq!(s.handle(now, mac, &decline), None);
+        }
+        assert_eq!(s.declined.len(), DECLINERS);
+        let [hi, lo] = 999u16.to_be_bytes();
+        assert!(!s.available_to([2, 0, 0, 0, hi, lo], now));
+        assert!(s.available_to([2, 0, 0, 0, 0, 0], now));
     }
 
     #[test]
