@@ -1,8 +1,9 @@
-//! The DHCPv4 server with a sequence of arbitrary client messages from a few MACs, in
-//! virtual time: nothing may panic, and every reply must be a DHCP message a client parses.
+//! The DHCPv4 server with a sequence of arbitrary client messages from many MACs, in
+//! virtual time: nothing may panic, every reply must be a DHCP message a client parses, and
+//! the only address ever given is the guest's.
 //!
-//! Input: records (`tapir_fuzz::records`) whose first byte picks one of four client MACs and
-//! whose rest is the UDP payload sent to port 67.
+//! Input: records (`tapir_fuzz::records`) whose first byte picks one of 256 client MACs (more
+//! than the server remembers declines for) and whose rest is the UDP payload sent to port 67.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -22,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         let Some((&client, request)) = body.split_first() else {
             continue;
         };
-        let mac = [2, 0, 0, 0, 0, client % 4];
+        let mac = [2, 0, 0, 0, 0, client];
         let Some(reply) = server.handle(now, mac, request) else {
             continue;
         };
@@ -37,6 +38,11 @@ fuzz_target!(|data: &[u8]| {
         );
         // Broadcast, or unicast to the address the client says it has (ciaddr) and, for a
         // lease, is being given.
+        assert!(
+            repr.your_ip.is_unspecified() || repr.your_ip == plan.guest,
+            "gave {}",
+            repr.your_ip
+        );
         let leased = repr.your_ip.is_unspecified() || repr.your_ip == reply.to;
         assert!(
             reply.to == Ipv4Addr::BROADCAST || (reply.to == asked.client_ip() && leased),
