@@ -68,8 +68,9 @@ pub struct DhcpServer {
     /// The first decline is logged as a warning, the rest at debug level.
     decline_logged: bool,
     /// Messages left unanswered that a server would not expect: unparsable, of a type clients
-    /// do not send, or a DISCOVER from a client that declined the address. (DECLINE and RELEASE get no
-    /// answer by design and are not counted.) The event loop moves this into its counters.
+    /// do not send, or a DISCOVER from a client that declined the address. (DECLINE and
+    /// RELEASE get no answer by design and are not counted.) The event loop moves this into
+    /// its counters.
     pub unanswered: u64,
 }
 
@@ -125,6 +126,12 @@ impl DhcpServer {
             .any(|&(m, until)| m == mac && now < until)
     }
 
+    /// Whether `req` is meant for this server: it names no server, or the gateway.
+    fn for_us(&self, req: &DhcpRepr) -> bool {
+        req.server_identifier
+            .is_none_or(|id| id == self.plan.gateway)
+    }
+
     /// DHCPDISCOVER: offer the guest's address, whatever the client asked for.
     fn discover(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) -> Option<Reply> {
         if !self.available_to(mac, now) {
@@ -143,9 +150,7 @@ impl DhcpServer {
     /// DHCPREQUEST: acknowledge the guest's address (selected from an offer, asked for again
     /// after a reboot, or renewed), refuse any other.
     fn request(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) -> Option<Reply> {
-        if let Some(server) = req.server_identifier
-            && server != self.plan.gateway
-        {
+        if !self.for_us(req) {
             // The client took another server's offer.
             return None;
         }
@@ -170,10 +175,7 @@ impl DhcpServer {
     /// DHCPDECLINE: the client found the guest's address in use; do not offer it to that
     /// client for a while.
     fn decline(&mut self, now: Instant, mac: [u8; 6], req: &DhcpRepr) {
-        let ours = req
-            .server_identifier
-            .is_none_or(|id| id == self.plan.gateway);
-        if !ours || req.requested_ip != Some(self.plan.guest) {
+        if !self.for_us(req) || req.requested_ip != Some(self.plan.guest) {
             return;
         }
         let addr = self.plan.guest;
@@ -195,7 +197,7 @@ impl DhcpServer {
     }
 
     /// DHCPRELEASE: nothing to forget, since no lease is kept.
-    fn release(&mut self, mac: [u8; 6], req: &DhcpRepr) {
+    fn release(&self, mac: [u8; 6], req: &DhcpRepr) {
         log::debug!("dhcp: {} released {}", mac_str(mac), req.client_ip);
     }
 
