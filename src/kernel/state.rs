@@ -136,10 +136,11 @@ impl StateLock {
 /// `inet tapir` table and `ip_forward`, which every lease file would otherwise rebuild or
 /// restore from its own leases alone. The file `/run/tapir/netns-INODE.owner` names it and is
 /// flock'd while read or written. It is only taken after a [`StateLock`]
-/// ([`StateLock::acquire_managed`]), so the two locks cannot deadlock. A directory whose lease file holds no lease (or is gone) manages
-/// nothing, and the next one to attach takes over. A file naming nobody (new, from before
-/// there were manager files, or emptied by a crash while it was rewritten) stands for the
-/// namespace's default directory, `/run/tapir/netns-INODE`.
+/// ([`StateLock::acquire_managed`]), so the two locks cannot deadlock. A directory whose lease
+/// file holds no lease (or is gone) manages nothing, and the next one to attach takes over.
+/// A file naming nobody (new, from before there were manager files, or emptied by a crash
+/// while it was rewritten) stands for the namespace's default directory,
+/// `/run/tapir/netns-INODE`.
 pub struct Manager {
     path: PathBuf,
     default_dir: PathBuf,

@@ -125,11 +125,11 @@ const ALLOWED: &[libc::c_long] = &[
 /// change to it is noticed (`sys::resolv::dirs_to_keep`). A directory that cannot be kept is
 /// logged and left out: tapir then keeps the nameservers it started with.
 pub fn isolate_filesystem(resolv_conf: Option<&Path>) -> Result<(), SandboxError> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    use nix::sched::{CloneFlags, unshare};
     let keep = resolv_conf
         .map(crate::sys::resolv::dirs_to_keep)
         .unwrap_or_default();
-    use nix::mount::{MntFlags, MsFlags, mount, umount2};
-    use nix::sched::{CloneFlags, unshare};
     let step = |what: &'static str| {
         move |e: nix::errno::Errno| SandboxError::Filesystem { what, errno: e }
     };
